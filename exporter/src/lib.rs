@@ -1,0 +1,1 @@
+//! ONNX exporter (issue: exporter). Not implemented yet.

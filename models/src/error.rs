@@ -1,0 +1,80 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong building, running, loading or saving a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown preset `{name}` (known: {known})")]
+    UnknownPreset { name: String, known: String },
+    #[error("invalid configuration: {0}")]
+    BadConfig(String),
+    #[error(
+        "input size {height}x{width} is not accepted: {reason}; nearest valid heights: {}, widths: {}",
+        fmt_nearest(*nearest_height), fmt_nearest(*nearest_width)
+    )]
+    InvalidInputSize {
+        height: usize,
+        width: usize,
+        reason: String,
+        nearest_height: (Option<usize>, Option<usize>),
+        nearest_width: (Option<usize>, Option<usize>),
+    },
+    #[error("input tensor has shape {got:?}, expected [N, {channels}, H, W]")]
+    InputShape { got: Vec<usize>, channels: usize },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    NotSafetensors { path: PathBuf, reason: String },
+    #[error("{path}: no `{key}` in the safetensors metadata; pass a config or preset explicitly")]
+    MissingMetadata { path: PathBuf, key: String },
+    #[error("{path}: metadata `{key}` is invalid: {reason}")]
+    BadMetadata {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error("{path}: missing tensor `{name}` (expected shape {shape:?})")]
+    MissingTensor {
+        path: PathBuf,
+        name: String,
+        shape: Vec<usize>,
+    },
+    #[error("{path}: unexpected tensor `{name}` that this configuration does not use")]
+    UnexpectedTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("{path}: tensor `{name}` has dtype {got}, expected {expected}")]
+    DtypeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: String,
+        got: String,
+    },
+    #[error("{path}: tensor `{name}` contains a non-finite value ({value}) at flat index {index}")]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f32,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+fn fmt_nearest(n: (Option<usize>, Option<usize>)) -> String {
+    match n {
+        (Some(a), Some(b)) if a == b => a.to_string(),
+        (Some(a), Some(b)) => format!("{a} or {b}"),
+        (Some(a), None) | (None, Some(a)) => a.to_string(),
+        (None, None) => "none".to_string(),
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;

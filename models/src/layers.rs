@@ -1,0 +1,164 @@
+//! Candle implementations of the primitive ops of [`crate::arch::Op`] that
+//! candle lacks or implements without a backward pass. All tensors are NCHW.
+
+use candle_core::{DType, Device, Tensor, D};
+
+/// PyTorch's BatchNorm defaults.
+pub const BN_MOMENTUM: f64 = 0.1;
+pub const BN_EPS: f64 = 1e-5;
+
+/// Convolution plus optional bias, stride 1.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let y = x.conv2d(weight, padding, 1, 1, 1)?;
+    add_channel_bias(y, bias)
+}
+
+/// 2x2 stride-2 transposed convolution; `weight [in, out, 2, 2]` as PyTorch.
+pub fn conv_transpose2x2(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let y = x.conv_transpose2d(weight, 0, 0, 2, 1)?;
+    add_channel_bias(y, Some(bias))
+}
+
+fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    match bias {
+        // [C] -> [1, C, 1, 1]
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// Batch statistics of a training-mode BatchNorm, for the running-stat update.
+pub struct BatchStats {
+    pub mean: Tensor,
+    /// Unbiased (n - 1) variance, as PyTorch uses for `running_var`.
+    pub unbiased_var: Tensor,
+}
+
+/// BatchNorm in eval mode: `(x - running_mean) / sqrt(running_var + eps) * weight + bias`.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let scale = (weight / (running_var + BN_EPS)?.sqrt()?)?;
+    let shift = (bias - (running_mean * &scale)?)?;
+    // [C] -> [1, C, 1, 1]
+    x.broadcast_mul(&scale.reshape((1, (), 1, 1))?)?
+        .broadcast_add(&shift.reshape((1, (), 1, 1))?)
+}
+
+/// BatchNorm in training mode: normalises with the biased batch variance
+/// (differentiably) and returns the detached statistics for the running update.
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> candle_core::Result<(Tensor, BatchStats)> {
+    let (n, c, h, w) = x.dims4()?;
+    let count = n * h * w;
+    // [N, C, H, W] -> [C, N*H*W] so the statistics are one reduction per channel.
+    let flat = x.transpose(0, 1)?.reshape((c, count))?;
+    let mean = flat.mean(D::Minus1)?;
+    let centred = flat.broadcast_sub(&mean.unsqueeze(1)?)?;
+    let var = centred.sqr()?.mean(D::Minus1)?;
+    let inv_std = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
+    let scale = (weight * &inv_std)?;
+    let y = x
+        .broadcast_sub(&mean.reshape((1, c, 1, 1))?)?
+        .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+        .broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
+    let correction = if count > 1 {
+        count as f64 / (count - 1) as f64
+    } else {
+        1.0
+    };
+    let stats = BatchStats {
+        mean: mean.detach(),
+        unbiased_var: (var.detach() * correction)?,
+    };
+    Ok((y, stats))
+}
+
+/// `(1 - momentum) * running + momentum * batch`, PyTorch's update rule.
+pub fn momentum_update(running: &Tensor, batch: &Tensor) -> candle_core::Result<Tensor> {
+    (running * (1.0 - BN_MOMENTUM))? + (batch * BN_MOMENTUM)?
+}
+
+/// `[out, in]` interpolation matrix of 1-D linear x2 upsampling, as PyTorch's
+/// `F.interpolate(mode="bilinear", scale_factor=2)` computes it per axis.
+pub fn linear_upsample_matrix(n: usize, align_corners: bool) -> Vec<f32> {
+    let out = 2 * n;
+    let mut m = vec![0f32; out * n];
+    for i in 0..out {
+        let src = if align_corners {
+            if out > 1 {
+                i as f64 * (n as f64 - 1.0) / (out as f64 - 1.0)
+            } else {
+                0.0
+            }
+        } else {
+            ((i as f64 + 0.5) * 0.5 - 0.5).max(0.0)
+        };
+        let lo = (src.floor() as usize).min(n - 1);
+        let hi = (lo + 1).min(n - 1);
+        let frac = (src - lo as f64) as f32;
+        m[i * n + lo] += 1.0 - frac;
+        m[i * n + hi] += frac;
+    }
+    m
+}
+
+/// Bilinear x2 upsampling as two matmuls with constant interpolation matrices,
+/// so it is differentiable (candle's `upsample_bilinear2d` has no backward).
+pub fn upsample_bilinear2x(x: &Tensor, align_corners: bool) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let device = x.device();
+    let a_h = matrix(linear_upsample_matrix(h, align_corners), (2 * h, h), device)?;
+    let a_w_t = matrix(linear_upsample_matrix(w, align_corners), (2 * w, w), device)?.t()?;
+    // [N, C, H, W] x [W, 2W] -> [N, C, H, 2W]
+    let y = x.reshape((n * c * h, w))?.matmul(&a_w_t)?;
+    // [2H, H] x [N*C, H, 2W] -> [N*C, 2H, 2W]
+    let y = y.reshape((n * c, h, 2 * w))?;
+    let y = a_h
+        .unsqueeze(0)?
+        .broadcast_as((n * c, 2 * h, h))?
+        .matmul(&y)?;
+    y.reshape((n, c, 2 * h, 2 * w))
+}
+
+fn matrix(data: Vec<f32>, shape: (usize, usize), device: &Device) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(data, shape, device)
+}
+
+/// Central crop of `x` to `h x w`, offset `(size - target) / 2` rounded down
+/// (the difference is always even for sizes the `valid` graph accepts).
+pub fn center_crop(x: &Tensor, h: usize, w: usize) -> candle_core::Result<Tensor> {
+    let (_, _, xh, xw) = x.dims4()?;
+    let top = (xh - h) / 2;
+    let left = (xw - w) / 2;
+    x.narrow(2, top, h)?.narrow(3, left, w)
+}
+
+/// Inverted dropout with a caller-provided keep mask drawn from the model's seeded RNG.
+pub fn dropout_with_mask(x: &Tensor, keep: &[f32], p: f32) -> candle_core::Result<Tensor> {
+    let mask = Tensor::from_slice(keep, x.shape(), &Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?;
+    (x * mask)? * (1.0 / (1.0 - p as f64))
+}
+
+/// Cast helper for the i64 `num_batches_tracked` counter.
+pub fn scalar_i64(v: i64, device: &Device) -> candle_core::Result<Tensor> {
+    Tensor::new(v, device)?.to_dtype(DType::I64)
+}

@@ -1,0 +1,1 @@
+//! Inference runtime (issue: runtime). Not implemented yet.

@@ -1,0 +1,1 @@
+//! Training pipeline (issue: trainer). Not implemented yet.
