@@ -36,6 +36,28 @@ fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Ten
     }
 }
 
+/// 2x2 max pooling, stride 2, with a correct gradient.
+///
+/// candle 0.11's `max_pool2d` backward multiplies the gradient by the mean of
+/// the argmax mask (1/4 for a unique maximum) instead of dividing by the tie
+/// count, shrinking gradients 4x per pooling level. Here the max is selected
+/// with a constant mask, so autograd routes the gradient to the maximum (split
+/// evenly between ties) through `avg_pool2d`, whose backward is exact.
+pub fn max_pool2x2(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let constant = x.detach();
+    let max = constant.max_pool2d(2)?;
+    // [N, C, H/2, W/2] -> [N, C, H, W] (odd trailing rows/columns never win)
+    let max_up = max.upsample_nearest2d(2 * (h / 2), 2 * (w / 2))?;
+    let constant = constant
+        .narrow(2, 0, 2 * (h / 2))?
+        .narrow(3, 0, 2 * (w / 2))?;
+    let is_max = constant.eq(&max_up)?.to_dtype(x.dtype())?;
+    let ties = (is_max.avg_pool2d(2)? * 4.0)?;
+    let x = x.narrow(2, 0, 2 * (h / 2))?.narrow(3, 0, 2 * (w / 2))?;
+    ((x * is_max)?.avg_pool2d(2)? * 4.0)?.div(&ties)
+}
+
 /// Batch statistics of a training-mode BatchNorm, for the running-stat update.
 pub struct BatchStats {
     pub mean: Tensor,
@@ -123,9 +145,8 @@ pub fn linear_upsample_matrix(n: usize, align_corners: bool) -> Vec<f32> {
 /// so it is differentiable (candle's `upsample_bilinear2d` has no backward).
 pub fn upsample_bilinear2x(x: &Tensor, align_corners: bool) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    let device = x.device();
-    let a_h = matrix(linear_upsample_matrix(h, align_corners), (2 * h, h), device)?;
-    let a_w_t = matrix(linear_upsample_matrix(w, align_corners), (2 * w, w), device)?.t()?;
+    let a_h = matrix(linear_upsample_matrix(h, align_corners), (2 * h, h), x)?;
+    let a_w_t = matrix(linear_upsample_matrix(w, align_corners), (2 * w, w), x)?.t()?;
     // [N, C, H, W] x [W, 2W] -> [N, C, H, 2W]
     let y = x.reshape((n * c * h, w))?.matmul(&a_w_t)?;
     // [2H, H] x [N*C, H, 2W] -> [N*C, 2H, 2W]
@@ -137,8 +158,9 @@ pub fn upsample_bilinear2x(x: &Tensor, align_corners: bool) -> candle_core::Resu
     y.reshape((n, c, 2 * h, 2 * w))
 }
 
-fn matrix(data: Vec<f32>, shape: (usize, usize), device: &Device) -> candle_core::Result<Tensor> {
-    Tensor::from_vec(data, shape, device)
+/// A constant matrix on `like`'s device and in its dtype.
+fn matrix(data: Vec<f32>, shape: (usize, usize), like: &Tensor) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(data, shape, like.device())?.to_dtype(like.dtype())
 }
 
 /// Central crop of `x` to `h x w`, offset `(size - target) / 2` rounded down

@@ -108,6 +108,32 @@ impl UNet {
         })
     }
 
+    /// A copy with floating-point tensors cast to `dtype` (e.g. f64 for gradient checks).
+    pub fn to_dtype(&self, dtype: DType) -> Result<UNet> {
+        let cast = |map: &BTreeMap<String, Var>| -> Result<BTreeMap<String, Var>> {
+            map.iter()
+                .map(|(name, var)| {
+                    // detach() drops the variable flag, so from_tensor copies the storage.
+                    let t = var.as_tensor().detach();
+                    let t = if t.dtype().is_float() {
+                        t.to_dtype(dtype)?
+                    } else {
+                        t
+                    };
+                    Ok((name.clone(), Var::from_tensor(&t.detach())?))
+                })
+                .collect()
+        };
+        Ok(UNet {
+            graph: self.graph.clone(),
+            params: cast(&self.params)?,
+            buffers: cast(&self.buffers)?,
+            device: self.device.clone(),
+            dropout_seed: self.dropout_seed,
+            dropout_step: AtomicU64::new(self.dropout_step()),
+        })
+    }
+
     pub fn config(&self) -> &UNetConfig {
         &self.graph.config
     }
@@ -200,7 +226,7 @@ impl UNet {
                 Op::BatchNorm2d { .. } => self.batch_norm(&node.name, input(0)?, train)?,
                 Op::Relu => input(0)?.relu()?,
                 Op::Sigmoid => candle_nn::ops::sigmoid(input(0)?)?,
-                Op::MaxPool2x2 => input(0)?.max_pool2d(2)?,
+                Op::MaxPool2x2 => layers::max_pool2x2(input(0)?)?,
                 Op::Dropout { p } if train && *p > 0.0 => self.dropout(input(0)?, *p)?,
                 Op::Dropout { .. } => input(0)?.clone(),
                 Op::ConvTranspose2x2 { .. } => {
