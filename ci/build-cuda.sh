@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Builds the CUDA variant of `unet-train` on a machine without a GPU (see docs/cuda.md).
+#
+# nvcc, the CUDA headers and the CUDA libraries come from PyPI wheels pinned to CUDA 13.0
+# (ci/cuda/requirements-cuda13.0.txt) in their own venv, so neither a system CUDA install nor
+# a GPU is needed. The build goes to its own target dir and leaves the CPU build alone.
+#
+#   ci/build-cuda.sh                  # build target-cuda/release/unet-train and target-cuda/carry/
+#   ci/build-cuda.sh --check          # `cargo check` only (build scripts still run nvcc)
+#   ci/build-cuda.sh --features cudnn # other trainer features (cudnn needs its own wheel, see docs)
+#   ci/build-cuda.sh --carry-libs     # also copy the CUDA libraries the binary needs into carry/lib
+#   eval "$(ci/build-cuda.sh --print-env)"   # set up this shell to run cargo by hand
+#
+# Environment: CUDA_VENV (default .venv-cuda), CARGO_TARGET_DIR (default target-cuda),
+# CUDA_COMPUTE_CAP (default 90: H100/H200), CUDAFORGE_THREADS (parallel nvcc jobs),
+# PYTHON (interpreter for the venv, default python3).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+mode=build
+features=cuda
+carry_libs=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --check) mode=check ;;
+    --print-env) mode=env ;;
+    --features) features="$2"; shift ;;
+    --carry-libs) carry_libs=1 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "build-cuda: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+venv="${CUDA_VENV:-$root/.venv-cuda}"
+target="${CARGO_TARGET_DIR:-$root/target-cuda}"
+reqs="$root/ci/cuda/requirements-cuda13.0.txt"
+want_release="13.0"
+log() { echo "build-cuda: $*" >&2; }
+t0=$(date +%s)
+
+# 1. The toolkit wheels, in their own venv (re-running only re-checks the pins).
+if [ ! -x "$venv/bin/python" ]; then
+  "${PYTHON:-python3}" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs" >&2
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+wheel_root="$site/nvidia/cu13"
+[ -x "$wheel_root/bin/nvcc" ] || { log "no nvcc in $wheel_root/bin after installing $reqs"; exit 1; }
+
+# 2. One toolkit root laid out as cudarc and cudaforge expect: bin/ include/ nvvm/ from the
+# wheels, lib/ with the unversioned names the linker looks for (wheels ship only libfoo.so.N),
+# lib/stubs/libcuda.so for the driver API (no wheel ships it; see ci/cuda/make-libcuda-stub.sh).
+cuda="$venv/cuda"
+mkdir -p "$cuda/lib/stubs"
+for d in bin include nvvm; do ln -sfn "$wheel_root/$d" "$cuda/$d"; done
+for so in "$wheel_root"/lib/lib*.so.*; do
+  name="$(basename "$so")"
+  ln -sfn "$so" "$cuda/lib/$name"
+  ln -sfn "$so" "$cuda/lib/${name%%.so.*}.so"
+done
+if [ ! -f "$cuda/lib/stubs/libcuda.so" ] || [ "$cuda/include/cuda.h" -nt "$cuda/lib/stubs/libcuda.so" ]; then
+  bash "$root/ci/cuda/make-libcuda-stub.sh" "$cuda/include" "$cuda/lib/stubs"
+fi
+
+# 3. The environment the build scripts read:
+#  - cudaforge (candle-kernels' build.rs): nvcc from $NVCC or PATH, sm from CUDA_COMPUTE_CAP
+#    (90 becomes sm_90a), NVCC_CCBIN optional, CUDAFORGE_THREADS parallel nvcc jobs;
+#  - cudarc: CUDA version from `nvcc --version` on PATH (13.0 -> feature cuda-13000), link
+#    search dirs <root>/lib and <root>/lib/stubs for each of CUDA_HOME, CUDA_PATH, CUDA_ROOT.
+export PATH="$cuda/bin:$PATH"
+export NVCC="$cuda/bin/nvcc"
+export CUDA_HOME="$cuda" CUDA_PATH="$cuda" CUDA_ROOT="$cuda"
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+export CARGO_TARGET_DIR="$target"
+
+if [ "$mode" = env ]; then
+  for v in PATH NVCC CUDA_HOME CUDA_PATH CUDA_ROOT CUDA_COMPUTE_CAP CARGO_TARGET_DIR; do
+    printf 'export %s=%q\n' "$v" "${!v}"
+  done
+  exit 0
+fi
+
+release="$(nvcc --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')"
+if [ "$release" != "$want_release" ]; then
+  log "nvcc reports CUDA $release, expected $want_release (the GPU machines' driver is CUDA $want_release)"
+  exit 1
+fi
+log "nvcc $(nvcc --version | tail -n 1), compute capability $CUDA_COMPUTE_CAP, target dir $target"
+log "toolkit ready in $(( $(date +%s) - t0 ))s"
+
+# 4. Build (or check). --locked: this script never rewrites Cargo.lock.
+t1=$(date +%s)
+if [ "$mode" = check ]; then
+  cargo check --locked -p unet-trainer --features "$features"
+  log "cargo check --features $features: $(( $(date +%s) - t1 ))s"
+  exit 0
+fi
+cargo build --locked --release -p unet-trainer --features "$features"
+log "cargo build --release --features $features: $(( $(date +%s) - t1 ))s"
+
+# 5. What a GPU machine without Rust needs: the binary, the runner, the PyTorch comparison,
+# and the list of shared libraries it loads.
+bin="$target/release/unet-train"
+carry="$target/carry"
+rm -rf "$carry"
+mkdir -p "$carry"
+cp "$bin" "$root/ci/cuda/run-on-gpu.sh" "$root/ci/cuda/bench_torch_gpu.py" "$root/ci/cuda/gpu-checks.sh" "$carry/"
+cp "$root/fixtures/generate.py" "$carry/reference_generate.py"
+readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' >"$carry/NEEDED.txt"
+{
+  echo "# unet-train built $(date -u +%Y-%m-%dT%H:%MZ) with features '$features', CUDA $release, sm_$CUDA_COMPUTE_CAP"
+  echo "# ldd on the build machine (libcuda.so.1 comes from the GPU machine's driver):"
+  ldd "$bin" || true
+} >"$carry/LIBS.txt"
+if [ "$carry_libs" = 1 ]; then
+  mkdir -p "$carry/lib"
+  while read -r need; do
+    if [ -e "$cuda/lib/$need" ] && [ "$need" != libcuda.so.1 ]; then
+      cp -L "$cuda/lib/$need" "$carry/lib/$need"
+    fi
+  done <"$carry/NEEDED.txt"
+fi
+log "carry folder: $carry ($(du -sh "$carry" | cut -f1)); needs: $(tr '\n' ' ' <"$carry/NEEDED.txt")"
+log "total $(( $(date +%s) - t0 ))s"
