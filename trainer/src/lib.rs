@@ -1,1 +1,23 @@
-//! Training pipeline (issue: trainer). Not implemented yet.
+//! `unet-train`: a candle training pipeline for U-Net / Attention U-Net
+//! segmentation.
+//!
+//! - [`data`]: Kvasir-SEG, Carvana and generic folders; [`synth`]: bundled synthetic data.
+//! - [`augment`] and [`loader`]: augmentation on worker threads with bounded prefetch.
+//! - [`loss`], [`metrics`], [`optim`], [`schedule`]: the training maths.
+//! - [`train`]: the loop; [`checkpoint`]: resumable state; [`report`]: logs and pictures.
+
+pub mod augment;
+pub mod cli;
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod loader;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod report;
+pub mod schedule;
+pub mod synth;
+pub mod train;
+
+pub use error::{Result, TrainError};

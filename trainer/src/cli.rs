@@ -1,0 +1,495 @@
+//! Command-line interface of `unet-train` (the binary is a thin wrapper).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use unet_models::candle_core::{DType, Device, Tensor};
+use unet_models::{UNet, UNetConfig};
+
+use crate::augment::AugmentConfig;
+use crate::data::{self, DataSpec, FileSource, MemorySource, Source};
+use crate::loss::{LossKind, LossParams};
+use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use crate::schedule::SchedulerKind;
+use crate::train::{self, Normalization, TrainOptions};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Train on the bundled synthetic endoscopy data (no download):
+  unet-train --demo
+  # Kvasir-SEG (images/ + masks/) or Carvana (train/ + train_masks/), layout auto-detected:
+  unet-train --data data/Kvasir-SEG --model unet-16 --epochs 40 --out runs/kvasir
+  # Any folders with matching file stems, attention U-Net, SGD with the paper's momentum:
+  unet-train --images imgs/ --masks labels/ --model attention-unet-16 --optimizer sgd --momentum 0.99 --lr 0.01
+  # Three classes from class-index PNG masks:
+  unet-train --data data/seg --classes 3 --loss ce-dice --class-names background,polyp,instrument
+  # Continue an interrupted run:
+  unet-train --demo --out runs/demo --resume runs/demo/checkpoint.safetensors
+  # Write the synthetic data in Kvasir-SEG layout, then train from disk:
+  unet-train demo-data --out data/synthetic && unet-train --data data/synthetic";
+
+/// Train U-Net / Attention U-Net segmentation models with candle.
+///
+/// Writes into --out: best.safetensors (best validation Dice, self-describing,
+/// ready for `unet-export`), last.safetensors, checkpoint.safetensors (for
+/// --resume), metrics.jsonl, curves.png and val_preview.png.
+#[derive(Parser, Debug)]
+#[command(name = "unet-train", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write the synthetic data set to disk in Kvasir-SEG layout (images/*.jpg, masks/*.png).
+    DemoData {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// Side of the square images in pixels.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Time training steps (forward, loss, backward, AdamW) on random data.
+    BenchStep {
+        #[arg(long, default_value = "unet")]
+        model: String,
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+        /// Timed steps (after 2 warm-up steps).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NormArg {
+    /// Mean/std measured on the training images.
+    Dataset,
+    /// ImageNet mean/std.
+    Imagenet,
+}
+
+/// Numeric precision of training. Mixed precision belongs to the CUDA work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    F32,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Data set folder: Kvasir-SEG (images/ + masks/) or Carvana (train/ + train_masks/).
+    #[arg(long, conflicts_with_all = ["images", "demo"])]
+    pub data: Option<PathBuf>,
+    /// Image folder (with --masks); files are matched to masks by stem.
+    #[arg(long, requires = "masks", conflicts_with = "demo")]
+    pub images: Option<PathBuf>,
+    /// Mask folder (with --images); a `_mask` suffix on mask stems is allowed.
+    #[arg(long, requires = "images")]
+    pub masks: Option<PathBuf>,
+    /// Train on bundled synthetic endoscopy-like frames (the default without --data/--images).
+    #[arg(long)]
+    pub demo: bool,
+    /// Number of synthetic samples for --demo.
+    #[arg(long, default_value_t = 400)]
+    pub demo_count: usize,
+    /// Skip unmatched or unreadable files with a warning instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
+
+    /// Preset name (unet, unet-16, attention-unet-16, ...) or a config JSON file.
+    #[arg(long, default_value = "unet-16")]
+    pub model: String,
+    /// Output classes (1 = binary masks thresholded at 127; >1 = class-index masks).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Names of the classes (comma-separated), stored in the model file.
+    #[arg(long, value_delimiter = ',')]
+    pub class_names: Vec<String>,
+
+    #[arg(long, default_value_t = 12)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    pub accumulate: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
+    pub optimizer: OptimizerKind,
+    /// SGD momentum (0.99 as in the U-Net paper).
+    #[arg(long, default_value_t = 0.99)]
+    pub momentum: f64,
+    /// L2 penalty (adam, sgd) or decoupled weight decay (adamw).
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    #[arg(long, value_enum, default_value_t = LossKind::BceDice)]
+    pub loss: LossKind,
+    /// Smoothing term of the Dice, Jaccard and Tversky losses.
+    #[arg(long, default_value_t = 1.0)]
+    pub smooth: f64,
+    #[arg(long, value_enum, default_value_t = SchedulerKind::Cosine)]
+    pub scheduler: SchedulerKind,
+    /// Floor of the cosine schedules.
+    #[arg(long, default_value_t = 1e-5)]
+    pub min_lr: f64,
+    /// Linear learning-rate warm-up, in optimiser steps.
+    #[arg(long, default_value_t = 20)]
+    pub warmup_steps: u64,
+    /// Step schedule: decay every this many epochs.
+    #[arg(long, default_value_t = 10)]
+    pub step_epochs: u64,
+    /// Step schedule: decay factor.
+    #[arg(long, default_value_t = 0.1)]
+    pub gamma: f64,
+    /// Warm restarts: first cycle length in epochs.
+    #[arg(long, default_value_t = 4.0)]
+    pub restart_epochs: f64,
+    /// Warm restarts: cycle length multiplier.
+    #[arg(long, default_value_t = 2.0)]
+    pub restart_mult: f64,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    pub clip_grad: Option<f64>,
+
+    /// Network input size, WxH or N (multiples of 2^depth).
+    #[arg(long, default_value = "128x128")]
+    pub image_size: String,
+    /// Fraction of the samples held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_split: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Input normalisation (the values used are stored in the model file).
+    #[arg(long, value_enum, default_value_t = NormArg::Dataset)]
+    pub normalize: NormArg,
+    /// Foreground probability threshold for metrics and the saved model.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+
+    /// Disable augmentation.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Maximum rotation in degrees.
+    #[arg(long, default_value_t = 20.0)]
+    pub rotate: f32,
+    /// Elastic deformation: std of the 3x3-grid displacements in pixels (0 = off).
+    #[arg(long, default_value_t = 10.0)]
+    pub elastic_sigma: f32,
+    #[arg(long, default_value_t = 0.5)]
+    pub elastic_prob: f32,
+    #[arg(long, default_value_t = 0.5)]
+    pub hflip: f32,
+    #[arg(long, default_value_t = 0.5)]
+    pub vflip: f32,
+    #[arg(long, default_value_t = 0.1)]
+    pub brightness: f32,
+    #[arg(long, default_value_t = 0.15)]
+    pub contrast: f32,
+
+    /// cpu, cuda or cuda:N (cuda needs the `cuda` cargo feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// Compute threads (default: all cores); same seed + same threads = same run.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Data-loading worker threads (0 = load on the training thread).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Batches each worker prepares ahead.
+    #[arg(long, default_value_t = 2)]
+    pub prefetch: usize,
+
+    #[arg(long, default_value = "runs/unet")]
+    pub out: PathBuf,
+    /// Continue from a checkpoint.safetensors.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Also checkpoint every N optimiser steps (always at each epoch end).
+    #[arg(long)]
+    pub save_every_steps: Option<u64>,
+    /// Stop after N optimiser steps (checkpointed), e.g. to time-box a run.
+    #[arg(long)]
+    pub stop_after_steps: Option<u64>,
+    /// No progress bars or per-epoch lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N`.
+pub fn parse_device(s: &str) -> anyhow::Result<Device> {
+    let s = s.trim().to_ascii_lowercase();
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match s.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .with_context(|| format!("bad --device `{s}`: expected cpu, cuda or cuda:N"))?,
+        None => bail!("bad --device `{s}`: expected cpu, cuda or cuda:N"),
+    };
+    if cfg!(feature = "cuda") {
+        Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
+    } else {
+        bail!("--device {s}: this unet-train was built without CUDA; rebuild with `cargo build --release -p unet-trainer --features cuda`")
+    }
+}
+
+fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
+    let parse = |v: &str| v.trim().parse::<usize>().with_context(|| format!("bad --image-size `{s}`: expected WxH or N"));
+    match s.split_once(['x', 'X']) {
+        Some((w, h)) => Ok((parse(w)?, parse(h)?)),
+        None => {
+            let n = parse(s)?;
+            Ok((n, n))
+        }
+    }
+}
+
+fn model_config(spec: &str, classes: Option<usize>) -> anyhow::Result<UNetConfig> {
+    let mut cfg = if Path::new(spec).is_file() {
+        let text = std::fs::read_to_string(spec).with_context(|| format!("reading {spec}"))?;
+        UNetConfig::from_json(&text).with_context(|| format!("{spec}: bad model config"))?
+    } else {
+        UNetConfig::preset(spec)?
+    };
+    if let Some(c) = classes {
+        cfg.out_channels = c;
+        cfg.validate()?;
+    }
+    Ok(cfg)
+}
+
+/// Builds the run options from the command line.
+pub fn options(a: &TrainArgs) -> anyhow::Result<TrainOptions> {
+    let model = model_config(&a.model, a.classes)?;
+    let (width, height) = parse_size(&a.image_size)?;
+    let augment = (!a.no_augment).then(|| AugmentConfig {
+        hflip: a.hflip,
+        vflip: a.vflip,
+        rotate_degrees: a.rotate,
+        elastic_sigma: a.elastic_sigma,
+        elastic_prob: a.elastic_prob,
+        brightness: a.brightness,
+        contrast: a.contrast,
+    });
+    Ok(TrainOptions {
+        model,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        accumulate: a.accumulate,
+        lr: a.lr,
+        optimizer: OptimizerConfig {
+            kind: a.optimizer,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: a.weight_decay,
+            momentum: a.momentum,
+        },
+        loss: a.loss,
+        loss_params: LossParams {
+            smooth: a.smooth,
+            ..LossParams::default()
+        },
+        scheduler: a.scheduler,
+        min_lr: a.min_lr,
+        warmup_steps: a.warmup_steps,
+        step_epochs: a.step_epochs,
+        gamma: a.gamma,
+        restart_epochs: a.restart_epochs,
+        restart_mult: a.restart_mult,
+        clip_grad_norm: a.clip_grad,
+        width,
+        height,
+        val_split: a.val_split,
+        seed: a.seed,
+        workers: a.workers,
+        prefetch: a.prefetch,
+        augment,
+        normalization: match a.normalize {
+            NormArg::Dataset => Normalization::Dataset,
+            NormArg::Imagenet => Normalization::Imagenet,
+        },
+        threshold: a.threshold,
+        class_names: a.class_names.clone(),
+        save_every_steps: a.save_every_steps,
+        stop_after_steps: a.stop_after_steps,
+        preview_count: 6,
+    })
+}
+
+/// Synthetic samples generated at the training size (in parallel; order-independent).
+pub fn demo_source(count: usize, size: usize, seed: u64) -> MemorySource {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = count.div_ceil(threads).max(1);
+    let samples = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .step_by(chunk)
+            .map(|start| {
+                scope.spawn(move || {
+                    (start..(start + chunk).min(count))
+                        .map(|i| crate::synth::generate(seed, i as u64, size))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    MemorySource { samples }
+}
+
+fn train(a: &TrainArgs) -> anyhow::Result<()> {
+    let device = parse_device(&a.device)?;
+    let opts = options(a)?;
+    let source: Arc<dyn Source> = if let Some(dir) = &a.data {
+        let spec = DataSpec::detect(dir)?;
+        file_source(spec, a, &opts)?
+    } else if let (Some(images), Some(masks)) = (&a.images, &a.masks) {
+        file_source(DataSpec::generic(images, masks), a, &opts)?
+    } else {
+        if opts.model.out_channels != 1 {
+            bail!("--demo data is binary: drop --classes or use --data");
+        }
+        let side = opts.width.max(opts.height);
+        println!(
+            "data: {} synthetic endoscopy frames ({side}x{side}, seed {}), generated in memory",
+            a.demo_count, a.seed
+        );
+        Arc::new(demo_source(a.demo_count, side, a.seed))
+    };
+    let started = Instant::now();
+    let summary = train::run(&opts, source, &a.out, &device, a.resume.as_deref(), a.quiet)?;
+    let last = summary.history.last();
+    if summary.interrupted {
+        println!(
+            "stopped as asked after {:?} steps; continue with --resume {}",
+            opts.stop_after_steps,
+            a.out.join(train::CHECKPOINT_FILE).display()
+        );
+    }
+    println!(
+        "final validation dice {:.4} (best {:.4}) after {} epoch(s) in {:.1}s; model: {}",
+        last.map_or(f64::NAN, |r| r.val.dice),
+        summary.best_dice,
+        summary.history.len(),
+        started.elapsed().as_secs_f64(),
+        a.out.join(train::BEST_FILE).display()
+    );
+    Ok(())
+}
+
+fn file_source(spec: DataSpec, a: &TrainArgs, opts: &TrainOptions) -> anyhow::Result<Arc<dyn Source>> {
+    println!(
+        "data: {} layout: images {}, masks {}",
+        spec.kind,
+        spec.images.display(),
+        spec.masks.display()
+    );
+    let report = data::scan(&spec, opts.model.in_channels, opts.model.out_channels, a.skip_bad)?;
+    for p in &report.skipped {
+        eprintln!("warning: skipping {p}");
+    }
+    println!("data: {} image/mask pairs", report.pairs.len());
+    Ok(Arc::new(FileSource {
+        pairs: report.pairs,
+        in_channels: opts.model.in_channels,
+        classes: opts.model.out_channels,
+    }))
+}
+
+/// One training step timed: forward (train mode), BCE-with-logits loss, backward, AdamW.
+pub fn bench_step(model: &str, size: usize, batch: usize, steps: usize, device: &str) -> anyhow::Result<()> {
+    let device = parse_device(device)?;
+    let cfg = model_config(model, None)?;
+    let net = UNet::new(&cfg, &device, 0)?;
+    let x = Tensor::randn(0f32, 1.0, (batch, cfg.in_channels, size, size), &device)?;
+    let t = Tensor::rand(0f32, 1.0, (batch, cfg.out_channels, size, size), &device)?
+        .ge(0.5)?
+        .to_dtype(DType::F32)?;
+    let mut opt = Optimizer::new(
+        OptimizerConfig {
+            kind: OptimizerKind::Adamw,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            momentum: 0.0,
+        },
+        net.trainable_vars(),
+    );
+    let vars: Vec<_> = net.trainable_vars().into_iter().map(|(_, v)| v).collect();
+    let threads = unet_models::candle_core::utils::get_num_threads();
+    println!("bench-step: {model} {size}x{size} batch {batch}, {threads} thread(s), {:?}", device.location());
+    let mut times = Vec::new();
+    for i in 0..steps + 2 {
+        let t0 = Instant::now();
+        let y = net.forward_t(&x, true)?;
+        let t1 = Instant::now();
+        let loss = crate::loss::bce_with_logits(&y, &t)?;
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        let g: Vec<Option<Tensor>> = vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect();
+        opt.step(&g, 1e-3)?;
+        device.synchronize()?;
+        let t3 = Instant::now();
+        let total = (t3 - t0).as_secs_f64();
+        println!(
+            "  step {i}: {:.1} ms (forward {:.1}, loss+backward {:.1}, adamw {:.1}){}",
+            total * 1e3,
+            (t1 - t0).as_secs_f64() * 1e3,
+            (t2 - t1).as_secs_f64() * 1e3,
+            (t3 - t2).as_secs_f64() * 1e3,
+            if i < 2 { " warm-up" } else { "" }
+        );
+        if i >= 2 {
+            times.push(total);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!("median step: {:.1} ms", median * 1e3);
+    Ok(())
+}
+
+/// Runs the command line; `main` only prints the error.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let threads = cli.train.threads;
+    if let Some(n) = threads {
+        // candle and rayon size their pools from this before first use.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    match &cli.command {
+        Some(Command::DemoData { out, count, size, seed }) => {
+            data::write_synthetic(out, *count, *size, *seed)
+                .with_context(|| format!("writing synthetic data to {}", out.display()))?;
+            println!(
+                "wrote {count} synthetic samples ({size}x{size}) to {} in Kvasir-SEG layout (images/, masks/)",
+                out.display()
+            );
+            Ok(())
+        }
+        Some(Command::BenchStep { model, size, batch_size, steps, device }) => {
+            bench_step(model, *size, *batch_size, (*steps).max(1), device)
+        }
+        None => train(&cli.train),
+    }
+}

@@ -1,0 +1,14 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use unet_trainer::cli::{run, Cli};
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
