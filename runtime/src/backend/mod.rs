@@ -1,0 +1,7 @@
+//! Back ends: each loads an ONNX file, reports its `metadata_props`, and runs
+//! one NCHW `f32` tensor through the graph.
+
+#[cfg(feature = "ort")]
+pub mod ort;
+#[cfg(feature = "tract")]
+pub mod tract;
