@@ -7,8 +7,10 @@
 #
 #   ci/build-cuda.sh                  # build target-cuda/release/unet-train and target-cuda/carry/
 #   ci/build-cuda.sh --check          # `cargo check` only (build scripts still run nvcc)
+#   ci/build-cuda.sh --typecheck      # CI-sized: type-check the cuda feature, no CUDA download, no nvcc
 #   ci/build-cuda.sh --features cudnn # other trainer features (cudnn needs its own wheel, see docs)
-#   ci/build-cuda.sh --carry-libs     # also copy the CUDA libraries the binary needs into carry/lib
+#   ci/build-cuda.sh --carry-libs libcurand.so.10 --xz   # carry a library PyTorch lacks; compress
+#                                     # (--carry-libs all: every CUDA library the binary loads)
 #   eval "$(ci/build-cuda.sh --print-env)"   # set up this shell to run cargo by hand
 #
 # Environment: CUDA_VENV (default .venv-cuda), CARGO_TARGET_DIR (default target-cuda),
@@ -20,25 +22,43 @@ cd "$root"
 
 mode=build
 features=cuda
-carry_libs=0
+carry_libs=""
+xz=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --check) mode=check ;;
+    --typecheck) mode=typecheck ;;
     --print-env) mode=env ;;
     --features) features="$2"; shift ;;
-    --carry-libs) carry_libs=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --carry-libs) carry_libs="$2"; shift ;;
+    --xz) xz=1 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "build-cuda: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
+log() { echo "build-cuda: $*" >&2; }
+t0=$(date +%s)
+
+# Type-check only: candle-kernels' build script gets ci/cuda/nvcc-typecheck, which writes empty
+# PTX/objects instead of compiling candle's kernels, and cudarc is told the CUDA version instead
+# of asking nvcc. Every Rust line behind the feature is checked; nothing here can run or link.
+if [ "$mode" = typecheck ]; then
+  export NVCC="$root/ci/cuda/nvcc-typecheck" UNET_NVCC_TYPECHECK=1 CUDARC_CUDA_VERSION=13000
+  export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+  # Always its own target dir: cudaforge's incremental cache would keep the placeholder PTX
+  # in a dir that a real build later reuses.
+  export CARGO_TARGET_DIR="$root/target-cuda/typecheck"
+  cargo check --locked -p unet-trainer --all-targets --features "$features"
+  log "cargo check (type-check only) --features $features: $(( $(date +%s) - t0 ))s"
+  exit 0
+fi
+
 venv="${CUDA_VENV:-$root/.venv-cuda}"
 target="${CARGO_TARGET_DIR:-$root/target-cuda}"
 reqs="$root/ci/cuda/requirements-cuda13.0.txt"
 want_release="13.0"
-log() { echo "build-cuda: $*" >&2; }
-t0=$(date +%s)
 
 # 1. The toolkit wheels, in their own venv (re-running only re-checks the pins).
 if [ ! -x "$venv/bin/python" ]; then
@@ -100,27 +120,40 @@ fi
 cargo build --locked --release -p unet-trainer --features "$features"
 log "cargo build --release --features $features: $(( $(date +%s) - t1 ))s"
 
-# 5. What a GPU machine without Rust needs: the binary, the runner, the PyTorch comparison,
-# and the list of shared libraries it loads.
+# 5. What a GPU machine without Rust needs: the binary, the runner, the checks, the PyTorch
+# comparison, and the shared libraries it loads (direct NEEDED entries plus the CUDA libraries
+# those pull in, e.g. libcublasLt behind libcublas).
 bin="$target/release/unet-train"
 carry="$target/carry"
 rm -rf "$carry"
 mkdir -p "$carry"
 cp "$bin" "$root/ci/cuda/run-on-gpu.sh" "$root/ci/cuda/bench_torch_gpu.py" "$root/ci/cuda/gpu-checks.sh" "$carry/"
 cp "$root/fixtures/generate.py" "$carry/reference_generate.py"
-readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' >"$carry/NEEDED.txt"
+{
+  readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'
+  LD_LIBRARY_PATH="$cuda/lib" ldd "$bin" | sed -n "s|^[[:space:]]*\([^ ]*\) => $cuda/lib/.*|\1|p"
+} | awk '!seen[$0]++' >"$carry/NEEDED.txt"
 {
   echo "# unet-train built $(date -u +%Y-%m-%dT%H:%MZ) with features '$features', CUDA $release, sm_$CUDA_COMPUTE_CAP"
-  echo "# ldd on the build machine (libcuda.so.1 comes from the GPU machine's driver):"
-  ldd "$bin" || true
+  echo "# ldd with the wheels' lib dir (libcuda.so.1 comes from the GPU machine's driver):"
+  LD_LIBRARY_PATH="$cuda/lib" ldd "$bin" || true
+  echo "# sizes:"
+  while read -r need; do
+    if [ -e "$cuda/lib/$need" ]; then echo "$need $(du -hL "$cuda/lib/$need" | cut -f1)"; fi
+  done <"$carry/NEEDED.txt"
 } >"$carry/LIBS.txt"
-if [ "$carry_libs" = 1 ]; then
+if [ -n "$carry_libs" ]; then
   mkdir -p "$carry/lib"
   while read -r need; do
-    if [ -e "$cuda/lib/$need" ] && [ "$need" != libcuda.so.1 ]; then
-      cp -L "$cuda/lib/$need" "$carry/lib/$need"
-    fi
+    [ -e "$cuda/lib/$need" ] && [ "$need" != libcuda.so.1 ] || continue
+    case ",$carry_libs," in *",all,"*|*",$need,"*) cp -L "$cuda/lib/$need" "$carry/lib/$need" ;; esac
   done <"$carry/NEEDED.txt"
 fi
-log "carry folder: $carry ($(du -sh "$carry" | cut -f1)); needs: $(tr '\n' ' ' <"$carry/NEEDED.txt")"
+# xz shrinks the binary ~8x (its PTX is text); run-on-gpu.sh unpacks on first use.
+if [ "$xz" = 1 ]; then
+  for f in "$carry/unet-train" "$carry"/lib/*.so*; do
+    if [ -e "$f" ]; then xz -T0 -6 "$f"; fi
+  done
+fi
+log "carry folder: $carry ($(du -sh "$carry" | cut -f1)); loads: $(tr '\n' ' ' <"$carry/NEEDED.txt")"
 log "total $(( $(date +%s) - t0 ))s"

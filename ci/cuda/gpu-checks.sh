@@ -62,7 +62,7 @@ for batch in 8 16; do
       ms="$(sed -n 's/^median step: \([0-9.]*\) ms/\1/p' "$log")"
       note "candle batch $batch $precision: median $ms ms/step, $(awk -v b="$batch" -v m="$ms" 'BEGIN{printf "%.1f", b*1000/m}') images/s"
     else
-      note "candle batch $batch $precision: FAILED ($(tail -n 1 "$log"))"
+      note "candle batch $batch $precision: FAILED ($(grep -m 1 -i error "$log" || tail -n 1 "$log"))"
     fi
   done
 done

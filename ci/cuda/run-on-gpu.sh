@@ -6,7 +6,7 @@
 #   ./run-on-gpu.sh --demo --device cuda --out runs/cuda
 #
 # The binary loads libcuda.so.1 (the driver) and the CUDA 13 libraries listed in NEEDED.txt
-# (libcudart.so.13, libcublas.so.13, libcublasLt.so.13, libcurand.so.10, libnvrtc.so.13).
+# (libcudart.so.13, libcublas.so.13 with libcublasLt.so.13, libcurand.so.10).
 # They are searched in this order and the first directory holding each one goes on
 # LD_LIBRARY_PATH: ./lib next to this script (build-cuda.sh --carry-libs), $CUDA_LIB_DIRS
 # (colon-separated, yours), $CUDA_HOME/lib64, /usr/local/cuda/lib64 and its targets/ dir,
@@ -14,6 +14,20 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="$here/unet-train"
+
+# build-cuda.sh --xz carries unet-train.xz and lib/*.xz: unpack once (xz, else Python's lzma).
+for packed in "$here/unet-train.xz" "$here"/lib/*.xz; do
+  [ -e "$packed" ] || continue
+  plain="${packed%.xz}"
+  [ -e "$plain" ] && continue
+  if command -v xz >/dev/null 2>&1; then
+    xz -dc "$packed" >"$plain.tmp"
+  else
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$packed" "$plain.tmp"
+  fi
+  chmod +x "$plain.tmp"
+  mv "$plain.tmp" "$plain"
+done
 
 dirs=("$here/lib")
 if [ -n "${CUDA_LIB_DIRS:-}" ]; then IFS=: read -r -a extra <<<"$CUDA_LIB_DIRS"; dirs+=("${extra[@]}"); fi
@@ -26,6 +40,7 @@ for py in "${PYTHON:-}" python3 python; do
 done
 
 search=""
+used=""
 missing=()
 report=()
 while read -r need; do
@@ -44,12 +59,13 @@ while read -r need; do
     missing+=("$need")
   else
     report+=("$need: $found")
-    case "$found" in
-      "("*) ;;
-      *) case ":$search:" in *":$found:"*) ;; *) search="${search:+$search:}$found" ;; esac ;;
-    esac
+    used="$used:$found:"
   fi
 done <"$here/NEEDED.txt"
+# The path keeps the search order, so the loader picks what was reported above.
+for d in "${dirs[@]}"; do
+  case "$used" in *":$d:"*) case ":$search:" in *":$d:"*) ;; *) search="${search:+$search:}$d" ;; esac ;; esac
+done
 
 export LD_LIBRARY_PATH="${search}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if [ "${1:-}" = --check-libs ]; then
