@@ -8,7 +8,7 @@
 #   ci/build-cuda.sh                  # build target-cuda/release/unet-train and target-cuda/carry/
 #   ci/build-cuda.sh --check          # `cargo check` only (build scripts still run nvcc)
 #   ci/build-cuda.sh --typecheck      # CI-sized: type-check the cuda feature, no CUDA download, no nvcc
-#   ci/build-cuda.sh --features cudnn # other trainer features (cudnn needs its own wheel, see docs)
+#   ci/build-cuda.sh --features cudnn # other trainer features (cudnn adds ci/cuda/requirements-cudnn.txt)
 #   ci/build-cuda.sh --carry-libs libcurand.so.10 --xz   # carry a library PyTorch lacks; compress
 #                                     # (--carry-libs all: every CUDA library the binary loads)
 #   eval "$(ci/build-cuda.sh --print-env)"   # set up this shell to run cargo by hand
@@ -64,7 +64,9 @@ want_release="13.0"
 if [ ! -x "$venv/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs" >&2
+extra_reqs=()
+case ",$features," in *,cudnn,*) extra_reqs=(-r "$root/ci/cuda/requirements-cudnn.txt") ;; esac
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs" "${extra_reqs[@]}" >&2
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 wheel_root="$site/nvidia/cu13"
 [ -x "$wheel_root/bin/nvcc" ] || { log "no nvcc in $wheel_root/bin after installing $reqs"; exit 1; }
@@ -75,7 +77,9 @@ wheel_root="$site/nvidia/cu13"
 cuda="$venv/cuda"
 mkdir -p "$cuda/lib/stubs"
 for d in bin include nvvm; do ln -sfn "$wheel_root/$d" "$cuda/$d"; done
-for so in "$wheel_root"/lib/lib*.so.*; do
+# cuDNN's wheel (--features cudnn) unpacks into nvidia/cudnn/, beside cu13/.
+for so in "$wheel_root"/lib/lib*.so.* "$site"/nvidia/cudnn/lib/lib*.so.*; do
+  [ -e "$so" ] || continue
   name="$(basename "$so")"
   ln -sfn "$so" "$cuda/lib/$name"
   ln -sfn "$so" "$cuda/lib/${name%%.so.*}.so"
