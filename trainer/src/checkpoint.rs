@@ -60,10 +60,11 @@ pub fn save(
     for (name, t) in model.state_dict().into_iter().chain(optimizer) {
         tensors.push((name, t.to_device(&Device::Cpu)?));
     }
-    let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| TrainError::BadCheckpoint {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let bytes =
+        safetensors::serialize(tensors, Some(metadata)).map_err(|e| TrainError::BadCheckpoint {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     Ok(unet_models::io::atomic_write(path, &bytes)?)
 }
 
@@ -87,7 +88,8 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         source,
     })?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let state: TrainState = serde_json::from_str(
         metadata
@@ -102,9 +104,14 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         if name.starts_with(OPTIMIZER_PREFIX) {
             let dtype = match view.dtype() {
                 safetensors::Dtype::F32 => DType::F32,
-                other => return Err(bad(format!("optimizer tensor `{name}` has dtype {other:?}"))),
+                other => {
+                    return Err(bad(format!(
+                        "optimizer tensor `{name}` has dtype {other:?}"
+                    )))
+                }
             };
-            let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?.to_device(device)?;
+            let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?
+                .to_device(device)?;
             optimizer.insert(name, t);
         } else {
             model_views.push((name, view));
@@ -113,7 +120,8 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     // The model part is exactly a model file: validate and build it with the models crate.
     let mut model_meta = metadata.clone();
     model_meta.remove(TRAIN_STATE_KEY);
-    let model_bytes = safetensors::serialize(model_views, Some(model_meta)).map_err(|e| bad(e.to_string()))?;
+    let model_bytes =
+        safetensors::serialize(model_views, Some(model_meta)).map_err(|e| bad(e.to_string()))?;
     let dir = tempfile::tempdir().map_err(|source| TrainError::Io {
         dir: std::env::temp_dir(),
         what: "cannot create a temporary folder".into(),
@@ -125,7 +133,8 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         what: "cannot write".into(),
         source,
     })?;
-    let loaded = unet_models::io::load(&tmp, ConfigSource::Metadata, device).map_err(|e| bad(e.to_string()))?;
+    let loaded = unet_models::io::load(&tmp, ConfigSource::Metadata, device)
+        .map_err(|e| bad(e.to_string()))?;
     Ok(Checkpoint {
         loaded,
         optimizer,

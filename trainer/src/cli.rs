@@ -254,7 +254,11 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
 }
 
 fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
-    let parse = |v: &str| v.trim().parse::<usize>().with_context(|| format!("bad --image-size `{s}`: expected WxH or N"));
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .with_context(|| format!("bad --image-size `{s}`: expected WxH or N"))
+    };
     match s.split_once(['x', 'X']) {
         Some((w, h)) => Ok((parse(w)?, parse(h)?)),
         None => {
@@ -352,7 +356,10 @@ pub fn demo_source(count: usize, size: usize, seed: u64) -> MemorySource {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
     });
     MemorySource { samples }
 }
@@ -397,14 +404,23 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn file_source(spec: DataSpec, a: &TrainArgs, opts: &TrainOptions) -> anyhow::Result<Arc<dyn Source>> {
+fn file_source(
+    spec: DataSpec,
+    a: &TrainArgs,
+    opts: &TrainOptions,
+) -> anyhow::Result<Arc<dyn Source>> {
     println!(
         "data: {} layout: images {}, masks {}",
         spec.kind,
         spec.images.display(),
         spec.masks.display()
     );
-    let report = data::scan(&spec, opts.model.in_channels, opts.model.out_channels, a.skip_bad)?;
+    let report = data::scan(
+        &spec,
+        opts.model.in_channels,
+        opts.model.out_channels,
+        a.skip_bad,
+    )?;
     for p in &report.skipped {
         eprintln!("warning: skipping {p}");
     }
@@ -417,7 +433,13 @@ fn file_source(spec: DataSpec, a: &TrainArgs, opts: &TrainOptions) -> anyhow::Re
 }
 
 /// One training step timed: forward (train mode), BCE-with-logits loss, backward, AdamW.
-pub fn bench_step(model: &str, size: usize, batch: usize, steps: usize, device: &str) -> anyhow::Result<()> {
+pub fn bench_step(
+    model: &str,
+    size: usize,
+    batch: usize,
+    steps: usize,
+    device: &str,
+) -> anyhow::Result<()> {
     let device = parse_device(device)?;
     let cfg = model_config(model, None)?;
     let net = UNet::new(&cfg, &device, 0)?;
@@ -438,7 +460,10 @@ pub fn bench_step(model: &str, size: usize, batch: usize, steps: usize, device: 
     );
     let vars: Vec<_> = net.trainable_vars().into_iter().map(|(_, v)| v).collect();
     let threads = unet_models::candle_core::utils::get_num_threads();
-    println!("bench-step: {model} {size}x{size} batch {batch}, {threads} thread(s), {:?}", device.location());
+    println!(
+        "bench-step: {model} {size}x{size} batch {batch}, {threads} thread(s), {:?}",
+        device.location()
+    );
     let mut times = Vec::new();
     for i in 0..steps + 2 {
         let t0 = Instant::now();
@@ -447,7 +472,10 @@ pub fn bench_step(model: &str, size: usize, batch: usize, steps: usize, device: 
         let loss = crate::loss::bce_with_logits(&y, &t)?;
         let grads = loss.backward()?;
         let t2 = Instant::now();
-        let g: Vec<Option<Tensor>> = vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect();
+        let g: Vec<Option<Tensor>> = vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).cloned())
+            .collect();
         opt.step(&g, 1e-3)?;
         device.synchronize()?;
         let t3 = Instant::now();
@@ -478,7 +506,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     match &cli.command {
-        Some(Command::DemoData { out, count, size, seed }) => {
+        Some(Command::DemoData {
+            out,
+            count,
+            size,
+            seed,
+        }) => {
             data::write_synthetic(out, *count, *size, *seed)
                 .with_context(|| format!("writing synthetic data to {}", out.display()))?;
             println!(
@@ -487,9 +520,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Some(Command::BenchStep { model, size, batch_size, steps, device }) => {
-            bench_step(model, *size, *batch_size, (*steps).max(1), device)
-        }
+        Some(Command::BenchStep {
+            model,
+            size,
+            batch_size,
+            steps,
+            device,
+        }) => bench_step(model, *size, *batch_size, (*steps).max(1), device),
         None => train(&cli.train),
     }
 }

@@ -171,7 +171,12 @@ fn probe(path: &Path) -> std::result::Result<(u32, u32, ColorType), String> {
 /// image channels equal to `in_channels`, mask the image's size (and a single
 /// channel for `classes > 1`). Problems are collected over the whole data set
 /// and reported together, or skipped when `skip_bad`.
-pub fn scan(spec: &DataSpec, in_channels: usize, classes: usize, skip_bad: bool) -> Result<ScanReport> {
+pub fn scan(
+    spec: &DataSpec,
+    in_channels: usize,
+    classes: usize,
+    skip_bad: bool,
+) -> Result<ScanReport> {
     let images = list_images(&spec.images)?;
     if images.is_empty() {
         return Err(TrainError::Empty {
@@ -231,7 +236,10 @@ pub fn scan(spec: &DataSpec, in_channels: usize, classes: usize, skip_bad: bool)
             if (iw, ih) != (mw, mh) {
                 problems.push(FileProblem {
                     path: mask.clone(),
-                    reason: format!("mask is {mw}x{mh}, its image {} is {iw}x{ih}", image.display()),
+                    reason: format!(
+                        "mask is {mw}x{mh}, its image {} is {iw}x{ih}",
+                        image.display()
+                    ),
                 });
                 bad = true;
             }
@@ -312,7 +320,11 @@ pub fn load_pair(pair: &Pair, in_channels: usize, classes: usize) -> Result<RawS
     if (m.width() as usize, m.height() as usize) != (width, height) {
         return Err(TrainError::BadSample {
             path: pair.mask.clone(),
-            reason: format!("mask is {}x{}, image is {width}x{height}", m.width(), m.height()),
+            reason: format!(
+                "mask is {}x{}, image is {width}x{height}",
+                m.width(),
+                m.height()
+            ),
         });
     }
     let raw = m.into_raw();
@@ -358,13 +370,19 @@ impl Source for FileSource {
         self.pairs.len()
     }
     fn get(&self, index: usize) -> Result<RawSample> {
-        let pair = self.pairs.get(index).ok_or_else(|| TrainError::TooFewSamples {
-            reason: format!("sample {index} out of range"),
-        })?;
+        let pair = self
+            .pairs
+            .get(index)
+            .ok_or_else(|| TrainError::TooFewSamples {
+                reason: format!("sample {index} out of range"),
+            })?;
         load_pair(pair, self.in_channels, self.classes)
     }
     fn name(&self, index: usize) -> String {
-        self.pairs.get(index).map(|p| p.stem.clone()).unwrap_or_default()
+        self.pairs
+            .get(index)
+            .map(|p| p.stem.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -403,18 +421,31 @@ pub fn write_synthetic(dir: &Path, count: usize, size: usize, seed: u64) -> Resu
         let s = crate::synth::generate(seed, i as u64, size);
         let name = format!("synthetic_{i:04}");
         let rgb: Vec<u8> = s.image.iter().map(|v| (v * 255.0).round() as u8).collect();
-        let mask: Vec<u8> = s.mask.iter().map(|&m| if m > 0 { 255 } else { 0 }).collect();
+        let mask: Vec<u8> = s
+            .mask
+            .iter()
+            .map(|&m| if m > 0 { 255 } else { 0 })
+            .collect();
         let mut jpeg = Vec::new();
         let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95);
         let image_path = dir.join("images").join(format!("{name}.jpg"));
-        image::ImageEncoder::write_image(encoder, &rgb, size as u32, size as u32, image::ExtendedColorType::Rgb8)
-            .map_err(|source| TrainError::Image {
-                path: image_path.clone(),
-                source,
-            })?;
+        image::ImageEncoder::write_image(
+            encoder,
+            &rgb,
+            size as u32,
+            size as u32,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|source| TrainError::Image {
+            path: image_path.clone(),
+            source,
+        })?;
         unet_models::io::atomic_write(&image_path, &jpeg)?;
         let mask_path = dir.join("masks").join(format!("{name}.png"));
-        unet_models::io::atomic_write(&mask_path, &crate::report::encode_png(&mask, size, size, 1, &mask_path)?)?;
+        unet_models::io::atomic_write(
+            &mask_path,
+            &crate::report::encode_png(&mask, size, size, 1, &mask_path)?,
+        )?;
     }
     Ok(())
 }

@@ -44,7 +44,10 @@ pub enum TrainError {
     },
     #[error("{dir}: no image files found")]
     Empty { dir: PathBuf },
-    #[error("{count} unusable file(s) in the data set (pass --skip-bad to skip them with a warning):{}", list(problems))]
+    #[error(
+        "{count} unusable file(s) in the data set (pass --skip-bad to skip them with a warning):{}",
+        list(problems)
+    )]
     BadFiles {
         count: usize,
         problems: Vec<FileProblem>,

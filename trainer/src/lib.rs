@@ -7,8 +7,8 @@
 //! - [`train`]: the loop; [`checkpoint`]: resumable state; [`report`]: logs and pictures.
 
 pub mod augment;
-pub mod cli;
 pub mod checkpoint;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod loader;

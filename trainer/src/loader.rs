@@ -73,11 +73,18 @@ pub fn sample_rng(seed: u64, epoch: u64, index: usize) -> ChaCha8Rng {
 /// The training order of epoch `epoch`.
 pub fn epoch_order(indices: &[usize], seed: u64, epoch: u64) -> Vec<usize> {
     let mut order = indices.to_vec();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(seed ^ 0x5EED) ^ mix(epoch)));
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+        mix(seed ^ 0x5EED) ^ mix(epoch),
+    ));
     order
 }
 
-fn build_batch(source: &dyn Source, ids: &[usize], cfg: &LoaderConfig, epoch: u64) -> Result<Batch> {
+fn build_batch(
+    source: &dyn Source,
+    ids: &[usize],
+    cfg: &LoaderConfig,
+    epoch: u64,
+) -> Result<Batch> {
     let mut images = Vec::new();
     let mut masks = Vec::new();
     let mut channels = 0;
@@ -87,7 +94,14 @@ fn build_batch(source: &dyn Source, ids: &[usize], cfg: &LoaderConfig, epoch: u6
         let p = match &cfg.augment {
             Some(aug) => {
                 let mut rng = sample_rng(cfg.seed, epoch, i);
-                prepare(&raw, cfg.width, cfg.height, Some((aug, &mut rng)), &cfg.mean, &cfg.std)
+                prepare(
+                    &raw,
+                    cfg.width,
+                    cfg.height,
+                    Some((aug, &mut rng)),
+                    &cfg.mean,
+                    &cfg.std,
+                )
             }
             None => prepare(&raw, cfg.width, cfg.height, None, &cfg.mean, &cfg.std),
         };
@@ -123,16 +137,27 @@ impl EpochLoader {
         epoch: u64,
         skip: usize,
     ) -> Self {
-        let chunks: Vec<Vec<usize>> = order.chunks(cfg.batch_size.max(1)).map(|c| c.to_vec()).collect();
+        let chunks: Vec<Vec<usize>> = order
+            .chunks(cfg.batch_size.max(1))
+            .map(|c| c.to_vec())
+            .collect();
         let mut receivers = Vec::new();
         for w in 0..cfg.workers {
             let (tx, rx) = sync_channel(cfg.prefetch.max(1));
-            let mine: Vec<Vec<usize>> = chunks.iter().skip(skip + w).step_by(cfg.workers).cloned().collect();
+            let mine: Vec<Vec<usize>> = chunks
+                .iter()
+                .skip(skip + w)
+                .step_by(cfg.workers)
+                .cloned()
+                .collect();
             let (source, cfg) = (Arc::clone(&source), Arc::clone(&cfg));
             thread::spawn(move || {
                 for ids in mine {
                     // A closed channel means the consumer is gone: stop quietly.
-                    if tx.send(build_batch(source.as_ref(), &ids, &cfg, epoch)).is_err() {
+                    if tx
+                        .send(build_batch(source.as_ref(), &ids, &cfg, epoch))
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -76,12 +76,18 @@ impl LossKind {
         Ok(match self {
             LossKind::Bce => bce_with_logits(logits, target)?,
             LossKind::Dice => soft_dice(&probs()?, target, p.smooth)?,
-            LossKind::BceDice => (bce_with_logits(logits, target)? + soft_dice(&probs()?, target, p.smooth)?)?,
+            LossKind::BceDice => {
+                (bce_with_logits(logits, target)? + soft_dice(&probs()?, target, p.smooth)?)?
+            }
             LossKind::Jaccard => jaccard(&probs()?, target, p.smooth)?,
             LossKind::Focal => focal(logits, target, p.focal_alpha, p.focal_gamma)?,
-            LossKind::Tversky => tversky(&probs()?, target, p.tversky_alpha, p.tversky_beta, p.smooth)?,
+            LossKind::Tversky => {
+                tversky(&probs()?, target, p.tversky_alpha, p.tversky_beta, p.smooth)?
+            }
             LossKind::Ce => cross_entropy(logits, target)?,
-            LossKind::CeDice => (cross_entropy(logits, target)? + soft_dice(&probs()?, target, p.smooth)?)?,
+            LossKind::CeDice => {
+                (cross_entropy(logits, target)? + soft_dice(&probs()?, target, p.smooth)?)?
+            }
         })
     }
 }
@@ -149,4 +155,120 @@ pub fn focal(x: &Tensor, t: &Tensor, alpha: f64, gamma: f64) -> Result<Tensor> {
 pub fn cross_entropy(x: &Tensor, t: &Tensor) -> Result<Tensor> {
     let log_p = unet_models::candle_nn::ops::log_softmax(x, 1)?;
     Ok((t * log_p)?.sum(1)?.neg()?.mean_all()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unet_models::candle_core::Device;
+
+    // Expected values from PyTorch 2.x (F.binary_cross_entropy_with_logits, F.cross_entropy
+    // and the formulas above written with torch ops):
+    //   x = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]], [[[-0.5, 1.5], [3.0, 0.0]]]])
+    //   t = torch.tensor([[[[1., 0.], [1., 0.]]], [[[0., 1.], [1., 1.]]]])
+    //   p = sigmoid(x); inter = (p*t).sum((2,3)); card = p.sum((2,3)) + t.sum((2,3))
+    //   dice = 1 - ((2*inter + 1)/(card + 1)).mean(); jaccard = 1 - ((inter+1)/(card-inter+1)).mean()
+    //   tversky = 1 - ((tp+1)/(tp + 0.3 fp + 0.7 fn + 1)).mean()
+    //   focal = (at * (1-pt)**2 * bce(x, t, reduction='none')).mean(), at = 0.25t + 0.75(1-t)
+    fn binary() -> (Tensor, Tensor) {
+        let d = &Device::Cpu;
+        let x = Tensor::new(
+            &[[[[2.0f32, -1.0], [0.5, -3.0]]], [[[-0.5, 1.5], [3.0, 0.0]]]],
+            d,
+        )
+        .unwrap();
+        let t = Tensor::new(
+            &[[[[1.0f32, 0.0], [1.0, 0.0]]], [[[0.0, 1.0], [1.0, 1.0]]]],
+            d,
+        )
+        .unwrap();
+        (x, t)
+    }
+
+    fn value(kind: LossKind, x: &Tensor, t: &Tensor) -> f32 {
+        kind.compute(x, t, &LossParams::default())
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn binary_losses_match_pytorch() {
+        let (x, t) = binary();
+        for (kind, expected) in [
+            (LossKind::Bce, 0.297_509_85),
+            (LossKind::Dice, 0.167_645_69),
+            (LossKind::BceDice, 0.465_155_54),
+            (LossKind::Jaccard, 0.249_076_25),
+            (LossKind::Tversky, 0.155_264_14),
+            (LossKind::Focal, 0.016_265_579),
+        ] {
+            let got = value(kind, &x, &t);
+            assert!(
+                (got - expected).abs() < 1e-6,
+                "{kind:?}: {got} vs {expected}"
+            );
+        }
+    }
+
+    // xm = torch.tensor([[[[2.0, 0.0, -1.0]], [[0.5, 1.0, 0.0]], [[-1.0, 0.5, 2.0]]]]); tm = [[[0, 1, 1]]]
+    // F.cross_entropy(xm, tm); + dice on softmax vs one-hot; focal-mc = -(oh*(1-p)**2*log_softmax).sum(1).mean()
+    #[test]
+    fn multiclass_losses_match_pytorch() {
+        let d = &Device::Cpu;
+        let x = Tensor::new(
+            &[[[[2.0f32, 0.0, -1.0]], [[0.5, 1.0, 0.0]], [[-1.0, 0.5, 2.0]]]],
+            d,
+        )
+        .unwrap();
+        let t = Tensor::new(
+            &[[[[1.0f32, 0.0, 0.0]], [[0.0, 1.0, 1.0]], [[0.0, 0.0, 0.0]]]],
+            d,
+        )
+        .unwrap();
+        for (kind, expected) in [
+            (LossKind::Ce, 1.030_475_7),
+            (LossKind::CeDice, 1.397_089_5),
+            (LossKind::Focal, 0.626_450_06),
+        ] {
+            let got = value(kind, &x, &t);
+            assert!(
+                (got - expected).abs() < 1e-6,
+                "{kind:?}: {got} vs {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn bce_is_stable_for_extreme_logits() {
+        let d = &Device::Cpu;
+        let x = Tensor::new(&[100.0f32, -100.0], d).unwrap();
+        let t = Tensor::new(&[0.0f32, 1.0], d).unwrap();
+        assert_eq!(
+            bce_with_logits(&x, &t).unwrap().to_scalar::<f32>().unwrap(),
+            100.0
+        );
+    }
+
+    #[test]
+    fn perfect_prediction_has_zero_region_loss() {
+        let d = &Device::Cpu;
+        let t = Tensor::new(&[[[[1.0f32, 0.0], [0.0, 1.0]]]], d).unwrap();
+        // Probabilities exactly equal to the target.
+        for f in [
+            soft_dice(&t, &t, 1.0),
+            jaccard(&t, &t, 1.0),
+            tversky(&t, &t, 0.3, 0.7, 1.0),
+        ] {
+            assert_eq!(f.unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        }
+    }
+
+    #[test]
+    fn ce_needs_several_classes() {
+        assert!(LossKind::Ce.check(1).is_err());
+        assert!(LossKind::CeDice.check(1).is_err());
+        assert!(LossKind::Dice.check(1).is_ok());
+        assert!(LossKind::Ce.check(3).is_ok());
+    }
 }

@@ -15,11 +15,19 @@ impl Counts {
     /// Empty prediction of an empty class counts as perfect.
     fn dice(&self) -> f64 {
         let d = 2 * self.tp + self.fp + self.fn_;
-        if d == 0 { 1.0 } else { 2.0 * self.tp as f64 / d as f64 }
+        if d == 0 {
+            1.0
+        } else {
+            2.0 * self.tp as f64 / d as f64
+        }
     }
     fn iou(&self) -> f64 {
         let d = self.tp + self.fp + self.fn_;
-        if d == 0 { 1.0 } else { self.tp as f64 / d as f64 }
+        if d == 0 {
+            1.0
+        } else {
+            self.tp as f64 / d as f64
+        }
     }
     fn precision(&self) -> f64 {
         match self.tp + self.fp {
@@ -106,7 +114,10 @@ impl MetricAccumulator {
     pub fn add(&mut self, logits: &[f32], masks: &[u8], plane: usize) {
         let n = masks.len() / plane.max(1);
         for k in 0..n {
-            let pred = self.predict(&logits[k * self.classes * plane..(k + 1) * self.classes * plane], plane);
+            let pred = self.predict(
+                &logits[k * self.classes * plane..(k + 1) * self.classes * plane],
+                plane,
+            );
             let truth = &masks[k * plane..(k + 1) * plane];
             let last = self.classes.max(2) - 1;
             let mut counts = vec![Counts::default(); last + 1];
@@ -145,8 +156,13 @@ impl MetricAccumulator {
                 recall: s.recall / n,
             })
             .collect();
-        let fg = if self.classes == 1 { &per_class[..] } else { &per_class[1..] };
-        let mean = |f: fn(&ClassMetrics) -> f64| fg.iter().map(f).sum::<f64>() / fg.len().max(1) as f64;
+        let fg = if self.classes == 1 {
+            &per_class[..]
+        } else {
+            &per_class[1..]
+        };
+        let mean =
+            |f: fn(&ClassMetrics) -> f64| fg.iter().map(f).sum::<f64>() / fg.len().max(1) as f64;
         Metrics {
             dice: mean(|m| m.dice),
             iou: mean(|m| m.iou),

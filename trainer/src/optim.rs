@@ -75,7 +75,9 @@ impl Optimizer {
             let Some(g) = grads.get(i).and_then(|g| g.as_ref()) else {
                 continue;
             };
-            let theta = var.as_tensor();
+            // Detached: the optimiser state must not keep autograd graphs (and all
+            // activations of every step) alive through the moment chain.
+            let (theta, g) = (&var.as_tensor().detach(), &g.detach());
             match c.kind {
                 OptimizerKind::Adam | OptimizerKind::Adamw => {
                     let g = if c.kind == OptimizerKind::Adam && c.weight_decay != 0.0 {
@@ -143,18 +145,25 @@ impl Optimizer {
         let device = self.vars.first().map(|(_, v)| v.device().clone());
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (prefix, slot) in [(FIRST, &mut self.first[i]), (SECOND, &mut self.second[i])] {
-                *slot = match tensors.remove(&format!("{prefix}{name}")) {
-                    Some(t) if t.dims() == var.dims() => {
-                        Some(t.to_device(device.as_ref().unwrap_or(&unet_models::candle_core::Device::Cpu))?)
-                    }
-                    Some(t) => {
-                        return Err(TrainError::BadCheckpoint {
+                *slot =
+                    match tensors.remove(&format!("{prefix}{name}")) {
+                        Some(t) if t.dims() == var.dims() => Some(
+                            t.to_device(
+                                device
+                                    .as_ref()
+                                    .unwrap_or(&unet_models::candle_core::Device::Cpu),
+                            )?,
+                        ),
+                        Some(t) => return Err(TrainError::BadCheckpoint {
                             path: Default::default(),
-                            reason: format!("optimizer state of `{name}` has shape {:?}, the parameter {:?}", t.dims(), var.dims()),
-                        })
-                    }
-                    None => None,
-                };
+                            reason: format!(
+                                "optimizer state of `{name}` has shape {:?}, the parameter {:?}",
+                                t.dims(),
+                                var.dims()
+                            ),
+                        }),
+                        None => None,
+                    };
             }
         }
         self.steps = steps;
@@ -220,10 +229,16 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_max_norm() {
-        let mut g = vec![Some(Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()), None];
+        let mut g = vec![
+            Some(Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()),
+            None,
+        ];
         let norm = clip_grad_norm(&mut g, 1.0).unwrap();
         assert!((norm - 5.0).abs() < 1e-9);
         let v = g[0].as_ref().unwrap().to_vec1::<f32>().unwrap();
-        assert!((v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5, "{v:?}");
+        assert!(
+            (v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5,
+            "{v:?}"
+        );
     }
 }

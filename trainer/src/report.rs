@@ -28,7 +28,13 @@ pub struct EpochRecord {
 }
 
 /// PNG bytes of 8-bit gray (1 channel) or RGB (3 channels) pixels.
-pub fn encode_png(data: &[u8], width: usize, height: usize, channels: usize, path: &Path) -> Result<Vec<u8>> {
+pub fn encode_png(
+    data: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    path: &Path,
+) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     let colour = if channels == 1 {
         image::ExtendedColorType::L8
@@ -45,7 +51,13 @@ pub fn encode_png(data: &[u8], width: usize, height: usize, channels: usize, pat
 }
 
 fn save_rgb(img: &RgbImage, path: &Path) -> Result<()> {
-    let bytes = encode_png(img.as_raw(), img.width() as usize, img.height() as usize, 3, path)?;
+    let bytes = encode_png(
+        img.as_raw(),
+        img.width() as usize,
+        img.height() as usize,
+        3,
+        path,
+    )?;
     Ok(unet_models::io::atomic_write(path, &bytes)?)
 }
 
@@ -108,7 +120,12 @@ fn draw_text(img: &mut RgbImage, x: i64, y: i64, text: &str, colour: Rgb<u8>, sc
                 if bits & (4 >> col) != 0 {
                     for dy in 0..scale {
                         for dx in 0..scale {
-                            put(img, x + (k as i64 * 4 + col) * scale + dx, y + row as i64 * scale + dy, colour);
+                            put(
+                                img,
+                                x + (k as i64 * 4 + col) * scale + dx,
+                                y + row as i64 * scale + dy,
+                                colour,
+                            );
                         }
                     }
                 }
@@ -145,16 +162,37 @@ fn fmt_tick(v: f64) -> String {
 }
 
 /// One panel: series of `(label, colour, values per epoch)` over `[lo, hi]`.
-fn panel(img: &mut RgbImage, origin: (i64, i64), size: (i64, i64), title: &str, series: &[(&str, Rgb<u8>, Vec<f64>)], range: (f64, f64)) {
+fn panel(
+    img: &mut RgbImage,
+    origin: (i64, i64),
+    size: (i64, i64),
+    title: &str,
+    series: &[(&str, Rgb<u8>, Vec<f64>)],
+    range: (f64, f64),
+) {
     let (ox, oy) = origin;
     let (w, h) = size;
     let axis = Rgb([60, 60, 60]);
     let (left, top, bottom) = (ox + 52, oy + 28, oy + h - 24);
     let right = ox + w - 12;
     draw_text(img, ox + 52, oy + 6, title, Rgb([0, 0, 0]), 3);
-    line(img, (left as f64, top as f64), (left as f64, bottom as f64), axis);
-    line(img, (left as f64, bottom as f64), (right as f64, bottom as f64), axis);
-    let (lo, hi) = if range.1 > range.0 { range } else { (range.0 - 0.5, range.0 + 0.5) };
+    line(
+        img,
+        (left as f64, top as f64),
+        (left as f64, bottom as f64),
+        axis,
+    );
+    line(
+        img,
+        (left as f64, bottom as f64),
+        (right as f64, bottom as f64),
+        axis,
+    );
+    let (lo, hi) = if range.1 > range.0 {
+        range
+    } else {
+        (range.0 - 0.5, range.0 + 0.5)
+    };
     for k in 0..=4 {
         let v = lo + (hi - lo) * k as f64 / 4.0;
         let y = bottom as f64 - (bottom - top) as f64 * k as f64 / 4.0;
@@ -169,9 +207,15 @@ fn panel(img: &mut RgbImage, origin: (i64, i64), size: (i64, i64), title: &str, 
     draw_text(img, right - 20, bottom + 8, &epochs.to_string(), axis, 2);
     draw_text(img, (left + right) / 2 - 20, bottom + 8, "epoch", axis, 2);
     for (k, (label, colour, values)) in series.iter().enumerate() {
-        let yof = |v: f64| bottom as f64 - (bottom - top) as f64 * ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
+        let yof =
+            |v: f64| bottom as f64 - (bottom - top) as f64 * ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
         for i in 1..values.len() {
-            line(img, (xof(i - 1), yof(values[i - 1])), (xof(i), yof(values[i])), *colour);
+            line(
+                img,
+                (xof(i - 1), yof(values[i - 1])),
+                (xof(i), yof(values[i])),
+                *colour,
+            );
         }
         if values.len() == 1 {
             for d in -2..=2 {
@@ -179,7 +223,12 @@ fn panel(img: &mut RgbImage, origin: (i64, i64), size: (i64, i64), title: &str, 
             }
         }
         let ly = top + 6 + 14 * k as i64;
-        line(img, ((right - 130) as f64, (ly + 4) as f64), ((right - 110) as f64, (ly + 4) as f64), *colour);
+        line(
+            img,
+            ((right - 130) as f64, (ly + 4) as f64),
+            ((right - 110) as f64, (ly + 4) as f64),
+            *colour,
+        );
         draw_text(img, right - 104, ly, label, Rgb([0, 0, 0]), 2);
     }
 }
@@ -209,8 +258,16 @@ pub fn plot_curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
         (450, 340),
         "val dice",
         &[
-            ("dice", Rgb([44, 160, 44]), history.iter().map(|r| r.val.dice).collect()),
-            ("iou", Rgb([148, 103, 189]), history.iter().map(|r| r.val.iou).collect()),
+            (
+                "dice",
+                Rgb([44, 160, 44]),
+                history.iter().map(|r| r.val.dice).collect(),
+            ),
+            (
+                "iou",
+                Rgb([148, 103, 189]),
+                history.iter().map(|r| r.val.iou).collect(),
+            ),
         ],
         (0.0, 1.0),
     );
@@ -227,7 +284,14 @@ pub struct PreviewSample<'a> {
 
 /// `val_preview.png`: one row per sample: image | true mask over it (green) |
 /// predicted mask over it (red), with mismatches outlined in yellow in the last.
-pub fn preview_grid(path: &Path, samples: &[PreviewSample], width: usize, height: usize, mean: &[f32], std: &[f32]) -> Result<()> {
+pub fn preview_grid(
+    path: &Path,
+    samples: &[PreviewSample],
+    width: usize,
+    height: usize,
+    mean: &[f32],
+    std: &[f32],
+) -> Result<()> {
     let gap = 4;
     let cols = 3;
     let mut img = RgbImage::from_pixel(
@@ -258,9 +322,17 @@ pub fn preview_grid(path: &Path, samples: &[PreviewSample], width: usize, height
                 let p = s.prediction[i] > 0;
                 let oy = (gap + row * (height + gap) + y) as u32;
                 img.put_pixel((gap + x) as u32, oy, base);
-                img.put_pixel((2 * gap + width + x) as u32, oy, blend(t, [0.0, 255.0, 0.0]));
+                img.put_pixel(
+                    (2 * gap + width + x) as u32,
+                    oy,
+                    blend(t, [0.0, 255.0, 0.0]),
+                );
                 let wrong = s.truth[i] != s.prediction[i];
-                let px = if wrong { Rgb([255, 230, 0]) } else { blend(p, [255.0, 0.0, 0.0]) };
+                let px = if wrong {
+                    Rgb([255, 230, 0])
+                } else {
+                    blend(p, [255.0, 0.0, 0.0])
+                };
                 img.put_pixel((3 * gap + 2 * width + x) as u32, oy, px);
             }
         }

@@ -39,14 +39,21 @@ impl Schedule {
         let epoch = step as f64 / spe;
         let cosine = |t: f64, period: f64| {
             self.min_lr
-                + (self.base_lr - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * (t / period).min(1.0)).cos())
+                + (self.base_lr - self.min_lr)
+                    * 0.5
+                    * (1.0 + (std::f64::consts::PI * (t / period).min(1.0)).cos())
         };
         let lr = match self.kind {
             SchedulerKind::None => self.base_lr,
             SchedulerKind::Step => {
-                self.base_lr * self.gamma.powi((step / (self.step_epochs.max(1) * self.steps_per_epoch.max(1))) as i32)
+                self.base_lr
+                    * self.gamma.powi(
+                        (step / (self.step_epochs.max(1) * self.steps_per_epoch.max(1))) as i32,
+                    )
             }
-            SchedulerKind::Cosine => cosine(step as f64, (self.epochs.max(1) as f64 * spe).max(1.0)),
+            SchedulerKind::Cosine => {
+                cosine(step as f64, (self.epochs.max(1) as f64 * spe).max(1.0))
+            }
             SchedulerKind::CosineRestarts => {
                 let t0 = self.restart_epochs.max(1e-9);
                 let (t_cur, period) = if self.restart_mult <= 1.0 {

@@ -111,9 +111,18 @@ pub fn generate(seed: u64, index: u64, size: usize) -> RawSample {
                 aspect: rng.random_range(0.7..1.35f32),
                 angle: rng.random_range(0.0..std::f32::consts::PI),
                 harmonics: [
-                    (rng.random_range(0.0..0.12f32), rng.random_range(0.0..6.3f32)),
-                    (rng.random_range(0.0..0.07f32), rng.random_range(0.0..6.3f32)),
-                    (rng.random_range(0.0..0.04f32), rng.random_range(0.0..6.3f32)),
+                    (
+                        rng.random_range(0.0..0.12f32),
+                        rng.random_range(0.0..6.3f32),
+                    ),
+                    (
+                        rng.random_range(0.0..0.07f32),
+                        rng.random_range(0.0..6.3f32),
+                    ),
+                    (
+                        rng.random_range(0.0..0.04f32),
+                        rng.random_range(0.0..6.3f32),
+                    ),
                 ],
                 // Polyps are paler and more orange than the surrounding mucosa.
                 colour: [
@@ -132,7 +141,11 @@ pub fn generate(seed: u64, index: u64, size: usize) -> RawSample {
             let i = y * size + x;
             let (fx, fy) = (x as f32 + 0.5, y as f32 + 0.5);
             let texture = 0.14 * (coarse[i] - 0.5) + 0.07 * (mid[i] - 0.5) + 0.04 * (fine[i] - 0.5);
-            let vessel = if (vessels[i] - 0.5).abs() < 0.012 { 0.78 } else { 1.0 };
+            let vessel = if (vessels[i] - 0.5).abs() < 0.012 {
+                0.78
+            } else {
+                1.0
+            };
             let mut rgb = [0f32; 3];
             for c in 0..3 {
                 rgb[c] = base[c] * (1.0 + texture) * if c == 0 { 1.0 } else { vessel };
@@ -169,8 +182,14 @@ pub fn generate(seed: u64, index: u64, size: usize) -> RawSample {
             _ => (rng.random_range(0.0..s), rng.random_range(0.0..s)),
         };
         let r = rng.random_range(0.008..0.03f32) * s + 0.5;
-        let (x0, x1) = ((cx - r).max(0.0) as usize, ((cx + r) as usize + 1).min(size));
-        let (y0, y1) = ((cy - r).max(0.0) as usize, ((cy + r) as usize + 1).min(size));
+        let (x0, x1) = (
+            (cx - r).max(0.0) as usize,
+            ((cx + r) as usize + 1).min(size),
+        );
+        let (y0, y1) = (
+            (cy - r).max(0.0) as usize,
+            ((cy + r) as usize + 1).min(size),
+        );
         for y in y0..y1 {
             for x in x0..x1 {
                 let d2 = ((x as f32 + 0.5 - cx).powi(2) + (y as f32 + 0.5 - cy).powi(2)) / (r * r);
@@ -192,7 +211,8 @@ pub fn generate(seed: u64, index: u64, size: usize) -> RawSample {
     let half = s / 2.0;
     for y in 0..size {
         for x in 0..size {
-            let r2 = ((x as f32 + 0.5 - half).powi(2) + (y as f32 + 0.5 - half).powi(2)) / (2.0 * half * half);
+            let r2 = ((x as f32 + 0.5 - half).powi(2) + (y as f32 + 0.5 - half).powi(2))
+                / (2.0 * half * half);
             let v = 1.0 - strength * r2;
             for c in 0..3 {
                 let p = &mut image[(y * size + x) * 3 + c];

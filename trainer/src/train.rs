@@ -120,14 +120,22 @@ impl TrainOptions {
     fn validate(&self) -> Result<()> {
         self.loss.check(self.model.out_channels)?;
         let m = self.model.size_multiple();
-        if self.model.padding == unet_models::Padding::Same && (self.width % m != 0 || self.height % m != 0) {
+        if self.model.padding == unet_models::Padding::Same
+            && (self.width % m != 0 || self.height % m != 0)
+        {
             return Err(TrainError::option(
                 "--image-size",
-                format!("{}x{} is not a multiple of {m} (2^depth) in both sides", self.width, self.height),
+                format!(
+                    "{}x{} is not a multiple of {m} (2^depth) in both sides",
+                    self.width, self.height
+                ),
             ));
         }
         if self.batch_size == 0 || self.epochs == 0 || self.accumulate == 0 {
-            return Err(TrainError::option("--batch-size/--epochs/--accumulate", "must be at least 1"));
+            return Err(TrainError::option(
+                "--batch-size/--epochs/--accumulate",
+                "must be at least 1",
+            ));
         }
         if !(0.0..1.0).contains(&self.val_split) {
             return Err(TrainError::option("--val-split", "must be in [0, 1)"));
@@ -190,7 +198,11 @@ fn target(batch: &Batch, classes: usize, device: &Device) -> Result<Tensor> {
         }
         v
     };
-    Ok(Tensor::from_vec(data, (n, classes, batch.height, batch.width), device)?)
+    Ok(Tensor::from_vec(
+        data,
+        (n, classes, batch.height, batch.width),
+        device,
+    )?)
 }
 
 fn input(batch: &Batch, device: &Device) -> Result<Tensor> {
@@ -217,7 +229,9 @@ fn validate(model: &UNet, batches: &[Batch], opts: &TrainOptions) -> Result<Vali
     for batch in batches {
         let device = model.device();
         let logits = model.forward_t(&input(batch, device)?, false)?;
-        let loss = opts.loss.compute(&logits, &target(batch, classes, device)?, &opts.loss_params)?;
+        let loss =
+            opts.loss
+                .compute(&logits, &target(batch, classes, device)?, &opts.loss_params)?;
         loss_sum += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
         n += batch.len();
         let values = logits.flatten_all()?.to_vec1::<f32>()?;
@@ -225,7 +239,10 @@ fn validate(model: &UNet, batches: &[Batch], opts: &TrainOptions) -> Result<Vali
         acc.add(&values, &batch.masks, plane);
         for k in 0..batch.len() {
             if predictions.len() < opts.preview_count {
-                predictions.push(acc.predict(&values[k * classes * plane..(k + 1) * classes * plane], plane));
+                predictions.push(acc.predict(
+                    &values[k * classes * plane..(k + 1) * classes * plane],
+                    plane,
+                ));
             }
         }
     }
@@ -291,7 +308,10 @@ pub fn run(
                 });
             }
             if ck.state.options != options_json {
-                say("note: options differ from the checkpoint's; continuing with the new ones".into());
+                say(
+                    "note: options differ from the checkpoint's; continuing with the new ones"
+                        .into(),
+                );
             }
             ck.loaded.model.set_dropout_step(ck.state.dropout_step);
             say(format!(
@@ -301,7 +321,12 @@ pub fn run(
                 ck.state.batch,
                 ck.state.global_step
             ));
-            (ck.loaded.model, ck.loaded.preprocessing, ck.state, Some(ck.optimizer))
+            (
+                ck.loaded.model,
+                ck.loaded.preprocessing,
+                ck.state,
+                Some(ck.optimizer),
+            )
         }
         None => {
             let (mean, std) = match &opts.normalization {
@@ -320,7 +345,10 @@ pub fn run(
                 Normalization::Explicit { mean, std } => (mean.clone(), std.clone()),
             };
             if mean.len() != opts.model.in_channels || std.len() != opts.model.in_channels {
-                return Err(TrainError::option("--mean/--std", format!("need {} values each", opts.model.in_channels)));
+                return Err(TrainError::option(
+                    "--mean/--std",
+                    format!("need {} values each", opts.model.in_channels),
+                ));
             }
             let mut pre = Preprocessing::default_for(&opts.model);
             pre.mean = mean;
@@ -403,7 +431,13 @@ pub fn run(
     ));
 
     let save_checkpoint = |state: &TrainState, optimizer: &Optimizer| -> Result<()> {
-        checkpoint::save(&out_dir.join(CHECKPOINT_FILE), &model, &preprocessing, optimizer.state_tensors(), state)
+        checkpoint::save(
+            &out_dir.join(CHECKPOINT_FILE),
+            &model,
+            &preprocessing,
+            optimizer.state_tensors(),
+            state,
+        )
     };
     let mut step_losses = Vec::new();
     let vars: Vec<_> = optimizer.vars().iter().map(|(_, v)| v.clone()).collect();
@@ -411,7 +445,13 @@ pub fn run(
         let epoch = state.epoch;
         let started = Instant::now();
         let order = epoch_order(&train_idx, seed, epoch as u64);
-        let loader = EpochLoader::new(Arc::clone(&source), Arc::clone(&loader_cfg), &order, epoch as u64, state.batch);
+        let loader = EpochLoader::new(
+            Arc::clone(&source),
+            Arc::clone(&loader_cfg),
+            &order,
+            epoch as u64,
+            state.batch,
+        );
         let n_batches = loader.num_batches();
         let bar = progress_bar(n_batches, state.batch, epoch, opts.epochs, quiet);
         let mut pending: Vec<Option<Tensor>> = vec![None; vars.len()];
@@ -419,7 +459,11 @@ pub fn run(
         for batch in loader {
             let batch = batch?;
             let logits = model.forward_t(&input(&batch, device)?, true)?;
-            let loss = opts.loss.compute(&logits, &target(&batch, classes, device)?, &opts.loss_params)?;
+            let loss = opts.loss.compute(
+                &logits,
+                &target(&batch, classes, device)?,
+                &opts.loss_params,
+            )?;
             let value = loss.to_scalar::<f32>()?;
             if !value.is_finite() {
                 return Err(TrainError::option(
@@ -427,13 +471,17 @@ pub fn run(
                     format!("the loss became {value} at step {}; lower the learning rate or enable --clip-grad", state.global_step),
                 ));
             }
-            let scaled = if opts.accumulate > 1 { (loss / opts.accumulate as f64)? } else { loss };
+            let scaled = if opts.accumulate > 1 {
+                (loss / opts.accumulate as f64)?
+            } else {
+                loss
+            };
             let grads = scaled.backward()?;
             for (slot, var) in pending.iter_mut().zip(&vars) {
                 if let Some(g) = grads.get(var.as_tensor()) {
                     *slot = Some(match slot.take() {
-                        Some(sum) => (sum + g)?,
-                        None => g.clone(),
+                        Some(sum) => (sum + g.detach())?,
+                        None => g.detach(),
                     });
                 }
             }
@@ -452,7 +500,9 @@ pub fn run(
                 pending.iter_mut().for_each(|g| *g = None);
                 state.global_step += 1;
                 state.dropout_step = model.dropout_step();
-                let periodic = opts.save_every_steps.is_some_and(|k| k > 0 && state.global_step % k == 0);
+                let periodic = opts
+                    .save_every_steps
+                    .is_some_and(|k| k > 0 && state.global_step % k == 0);
                 let stop = opts.stop_after_steps == Some(state.global_step);
                 if (periodic && state.batch < n_batches) || stop {
                     save_checkpoint(&state, &optimizer)?;
@@ -511,7 +561,17 @@ pub fn run(
                 .per_class
                 .iter()
                 .enumerate()
-                .map(|(c, m)| format!("{}: {:.3}", preprocessing.class_names.get(c).cloned().unwrap_or(c.to_string()), m.dice))
+                .map(|(c, m)| {
+                    format!(
+                        "{}: {:.3}",
+                        preprocessing
+                            .class_names
+                            .get(c)
+                            .cloned()
+                            .unwrap_or(c.to_string()),
+                        m.dice
+                    )
+                })
                 .collect();
             say(format!("           per-class dice  {}", per.join("  ")));
         }
@@ -525,7 +585,10 @@ pub fn run(
 
         let mut extra = HashMap::new();
         extra.insert("unet.trained_epochs".to_string(), state.epoch.to_string());
-        extra.insert("unet.val_dice".to_string(), format!("{:.6}", val.metrics.dice));
+        extra.insert(
+            "unet.val_dice".to_string(),
+            format!("{:.6}", val.metrics.dice),
+        );
         if improved {
             state.best_dice = val.metrics.dice;
             unet_models::io::save(&model, &preprocessing, &extra, &out_dir.join(BEST_FILE))?;
