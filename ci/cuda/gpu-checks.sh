@@ -69,6 +69,11 @@ done
 "$py" "$here/bench_torch_gpu.py" --model unet --size 256 --batch 8 16 --precision f32 bf16 --steps 20 \
   --json "$out/bench-torch.jsonl" 2>&1 | tee -a "$summary"
 
+# ONNX Runtime's GPU providers can only be measured if the machine already has them.
+step "ONNX Runtime providers available to $py"
+"$py" -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers(), o.__file__)' 2>&1 |
+  tail -n 1 | tee -a "$summary"
+
 if [ "$level" = all ]; then
   # The trainer's defaults (unet-16, 400 demo samples, 128x128, 12 epochs), once per device.
   for dev in cuda cpu; do

@@ -6,11 +6,13 @@
 #   ./run-on-gpu.sh --demo --device cuda --out runs/cuda
 #
 # The binary loads libcuda.so.1 (the driver) and the CUDA 13 libraries listed in NEEDED.txt
-# (libcudart.so.13, libcublas.so.13 with libcublasLt.so.13, libcurand.so.10).
+# (libcudart.so.13, libcublas.so.13 with libcublasLt.so.13, libcurand.so.10; libcudnn.so.9
+# with --features cudnn, which loads its libcudnn_*.so.9 parts from the same folder).
 # They are searched in this order and the first directory holding each one goes on
 # LD_LIBRARY_PATH: ./lib next to this script (build-cuda.sh --carry-libs), $CUDA_LIB_DIRS
 # (colon-separated, yours), $CUDA_HOME/lib64, /usr/local/cuda/lib64 and its targets/ dir,
-# and the nvidia/cu13/lib folder of the Python environment that has PyTorch (pip wheels).
+# and the nvidia/cu13/lib and nvidia/cudnn/lib folders of the Python environment that has
+# PyTorch (pip wheels).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="$here/unet-train"
@@ -36,7 +38,7 @@ dirs+=(/usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x
 for py in "${PYTHON:-}" python3 python; do
   [ -n "$py" ] && command -v "$py" >/dev/null 2>&1 || continue
   site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)"
-  [ -n "$site" ] && dirs+=("$site/nvidia/cu13/lib")
+  [ -n "$site" ] && dirs+=("$site/nvidia/cu13/lib" "$site/nvidia/cudnn/lib")
 done
 
 search=""
