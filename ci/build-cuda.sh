@@ -62,6 +62,9 @@ want_release="13.0"
 
 # 1. The toolkit wheels, in their own venv (re-running only re-checks the pins).
 if [ ! -x "$venv/bin/python" ]; then
+  if ! "${PYTHON:-python3}" -m venv --help >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+  fi
   "${PYTHON:-python3}" -m venv "$venv"
 fi
 extra_reqs=()
