@@ -67,7 +67,10 @@ pub enum RuntimeError {
     #[error("ONNX Runtime is not available: {reason}")]
     OrtUnavailable { reason: String },
     #[error("invalid option `{option}`: {reason}")]
-    BadOption { option: &'static str, reason: String },
+    BadOption {
+        option: &'static str,
+        reason: String,
+    },
     #[error("internal panic in {context} caught: {message}")]
     Panic {
         context: &'static str,

@@ -21,9 +21,5 @@ mod session;
 
 pub use error::{ErrorKind, Result, RuntimeError};
 pub use metadata::{ChannelOrder, Geometry, Head, ModelInfo};
-pub use segment::{
-    Fit, ImageView, PixelFormat, Segmentation, Segmenter, SegmenterOptions, Tiling,
-};
-pub use session::{
-    ort_library, ort_library_with, Backend, Ep, Session, SessionOptions, Tensor4,
-};
+pub use segment::{Fit, ImageView, PixelFormat, Segmentation, Segmenter, SegmenterOptions, Tiling};
+pub use session::{ort_library, ort_library_with, Backend, Ep, Session, SessionOptions, Tensor4};

@@ -237,7 +237,10 @@ impl ModelInfo {
                 if c != cfg.in_channels {
                     return Err(bad(
                         CONFIG_KEY,
-                        format!("in_channels {} but the graph input has {c}", cfg.in_channels),
+                        format!(
+                            "in_channels {} but the graph input has {c}",
+                            cfg.in_channels
+                        ),
                     ));
                 }
             }
@@ -274,7 +277,10 @@ impl ModelInfo {
                     ));
                 }
                 if raw.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-                    return Err(bad(PREPROCESSING_KEY, "std must be finite and non-zero".into()));
+                    return Err(bad(
+                        PREPROCESSING_KEY,
+                        "std must be finite and non-zero".into(),
+                    ));
                 }
                 Preprocessing {
                     mean: raw.mean,

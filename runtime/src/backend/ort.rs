@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ort::ep::{self, ExecutionProvider};
 use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session as OrtRaw;
 use ort::value::TensorRef;
@@ -23,16 +23,30 @@ static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
 
 /// The process-wide ONNX Runtime environment, loading the library on first use.
 pub fn environment(options: &SessionOptions) -> Result<Environment> {
+    let path = ort_library_with(options.ort_library.as_deref());
+    // An explicitly configured library must exist even when one is loaded.
+    if let (Some(p), None) = (&options.ort_library, &path) {
+        return Err(unavailable(format!(
+            "the configured library {} does not exist",
+            p.display()
+        )));
+    }
     let mut guard = ENVIRONMENT
         .lock()
         .map_err(|_| unavailable("a previous load attempt panicked".into()))?;
-    if let Some((_, env)) = guard.as_ref() {
+    if let Some((loaded, env)) = guard.as_ref() {
+        if let Some(p) = path.filter(|p| p != loaded) {
+            log::warn!(
+                "ONNX Runtime is already loaded from {}; ignoring {}",
+                loaded.display(),
+                p.display()
+            );
+        }
         return Ok(env.clone());
     }
-    let path = ort_library_with(options.ort_library.as_deref()).ok_or_else(|| {
-        unavailable(match (&options.ort_library, std::env::var_os("ORT_DYLIB_PATH")) {
-            (Some(p), _) => format!("the configured library {} does not exist", p.display()),
-            (None, Some(v)) if !v.is_empty() => format!(
+    let path = path.ok_or_else(|| {
+        unavailable(match std::env::var_os("ORT_DYLIB_PATH") {
+            Some(v) if !v.is_empty() => format!(
                 "ORT_DYLIB_PATH={} does not name an existing file",
                 Path::new(&v).display()
             ),
@@ -45,9 +59,9 @@ pub fn environment(options: &SessionOptions) -> Result<Environment> {
         ort::init_from(&path)
             .map_err(|e| format!("cannot load {}: {e}", path.display()))
             .and_then(|b| {
-                b.with_name("unet-runtime")
-                    .build()
-                    .map_err(|e| format!("cannot create an environment from {}: {e}", path.display()))
+                b.with_name("unet-runtime").build().map_err(|e| {
+                    format!("cannot create an environment from {}: {e}", path.display())
+                })
             })
     });
     let env = match loaded {
@@ -87,7 +101,10 @@ fn invalid(path: &Path, reason: impl std::fmt::Display) -> RuntimeError {
     }
 }
 
-fn builder(env: &Environment, threads: usize) -> ort::Result<ort::session::builder::SessionBuilder> {
+fn builder(
+    env: &Environment,
+    threads: usize,
+) -> ort::Result<ort::session::builder::SessionBuilder> {
     OrtRaw::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(ort::Error::from)?
@@ -119,14 +136,22 @@ impl OrtSession {
         let bytes = read(path)?;
         let threads = options.threads;
         let (session, provider, tensorrt) = match ep {
-            Ep::Cpu => (cpu_session(&env, path, &bytes, threads)?, "CPUExecutionProvider", None),
+            Ep::Cpu => (
+                cpu_session(&env, path, &bytes, threads)?,
+                "CPUExecutionProvider",
+                None,
+            ),
             Ep::Cuda { device } => {
                 let cuda = ep::CUDA::default().with_device_id(*device);
                 match with_ep(&env, &bytes, threads, cuda.build().error_on_failure()) {
                     Ok(s) => (s, "CUDAExecutionProvider", None),
                     Err(reason) => {
                         log::warn!("CUDA execution provider unavailable ({reason}); running on CPUExecutionProvider");
-                        (cpu_session(&env, path, &bytes, threads)?, "CPUExecutionProvider", None)
+                        (
+                            cpu_session(&env, path, &bytes, threads)?,
+                            "CPUExecutionProvider",
+                            None,
+                        )
                     }
                 }
             }
@@ -220,11 +245,20 @@ impl OrtSession {
                 .with_timing_cache_path(dir.display());
         }
         let bytes = read(path)?;
-        match with_ep(&env, &bytes, self.threads, tensorrt.build().error_on_failure()) {
+        match with_ep(
+            &env,
+            &bytes,
+            self.threads,
+            tensorrt.build().error_on_failure(),
+        ) {
             Ok(session) => {
                 self.session = session;
                 trt.shape = Some(shape);
-                log::info!("{}: TensorRT engine ready for {dims} (fp16: {})", path.display(), trt.fp16);
+                log::info!(
+                    "{}: TensorRT engine ready for {dims} (fp16: {})",
+                    path.display(),
+                    trt.fp16
+                );
             }
             Err(reason) => {
                 log::warn!("TensorRT execution provider failed ({reason}); running on CPUExecutionProvider");
@@ -254,8 +288,7 @@ impl OrtSession {
             reason: e.to_string(),
         };
         let shape = input.shape.map(|d| d as i64);
-        let tensor =
-            TensorRef::from_array_view((shape, input.data.as_slice())).map_err(failed)?;
+        let tensor = TensorRef::from_array_view((shape, input.data.as_slice())).map_err(failed)?;
         let outputs = self.session.run(ort::inputs![tensor]).map_err(failed)?;
         if outputs.len() == 0 {
             return Err(failed(ort::Error::new("the graph returned no output")));

@@ -74,7 +74,11 @@ impl TractSession {
                 format!("expected one graph input, found {}", inputs.len()),
             ));
         }
-        if model.output_outlets().map_err(|e| invalid(path, e))?.is_empty() {
+        if model
+            .output_outlets()
+            .map_err(|e| invalid(path, e))?
+            .is_empty()
+        {
             return Err(invalid(path, "the graph has no output"));
         }
         let fact = model.input_fact(0).map_err(|e| invalid(path, e))?;
@@ -174,7 +178,9 @@ impl TractSession {
             .map_err(|e| failed(e.into()))?;
         let x: Tensor = tensor.to_owned().into();
         let outputs = state.run(tvec!(x.into())).map_err(failed)?;
-        let first = outputs.first().ok_or_else(|| failed(anyhow::anyhow!("no output").into()))?;
+        let first = outputs
+            .first()
+            .ok_or_else(|| failed(anyhow::anyhow!("no output").into()))?;
         let view = first.to_plain_array_view::<f32>().map_err(failed)?;
         let dims = view.shape();
         let shape: [usize; 4] = dims.try_into().map_err(|_| {

@@ -200,7 +200,9 @@ fn segment(args: &SegmentArgs, quiet: bool) -> Result<()> {
             threads: b.threads,
             ..SessionOptions::default()
         },
-        fit: args.resize.map_or(Fit::Pad, |(width, height)| Fit::Resize { width, height }),
+        fit: args
+            .resize
+            .map_or(Fit::Pad, |(width, height)| Fit::Resize { width, height }),
         tiling: args.tile.map(|tile| Tiling {
             tile,
             overlap: args.overlap,
@@ -229,7 +231,10 @@ fn segment(args: &SegmentArgs, quiet: bool) -> Result<()> {
         write_png(&mask_path, &DynamicImage::ImageLuma8(seg.mask_image()))?;
         if args.overlay {
             let overlay_path = args.output.join(format!("{stem}_overlay.png"));
-            write_png(&overlay_path, &DynamicImage::ImageRgb8(overlay(&image, &seg)))?;
+            write_png(
+                &overlay_path,
+                &DynamicImage::ImageRgb8(overlay(&image, &seg)),
+            )?;
         }
         if !quiet {
             let fg = seg.mask.iter().filter(|&&m| m > 0).count();
@@ -259,7 +264,9 @@ fn overlay(image: &DynamicImage, seg: &Segmentation) -> RgbImage {
         let m = seg.mask[i] as usize;
         if m > 0 {
             let c = PALETTE[(m - 1) % PALETTE.len()];
-            *px = Rgb(std::array::from_fn(|k| ((px[k] as u16 + c[k] as u16) / 2) as u8));
+            *px = Rgb(std::array::from_fn(|k| {
+                ((px[k] as u16 + c[k] as u16) / 2) as u8
+            }));
         }
     }
     rgb
@@ -267,11 +274,17 @@ fn overlay(image: &DynamicImage, seg: &Segmentation) -> RgbImage {
 
 /// Encodes to a temporary file beside `path`, then renames: never a half-written PNG.
 fn write_png(path: &Path, image: &DynamicImage) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     image
-        .write_to(&mut std::io::BufWriter::new(tmp.as_file_mut()), image::ImageFormat::Png)
+        .write_to(
+            &mut std::io::BufWriter::new(tmp.as_file_mut()),
+            image::ImageFormat::Png,
+        )
         .with_context(|| format!("encoding {}", path.display()))?;
     tmp.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
@@ -350,10 +363,16 @@ fn bench(args: &BenchArgs) -> Result<()> {
         let mut segmenter = Segmenter::from_session(session, options.clone())?;
         let c = segmenter.info().in_channels;
         let g = segmenter.info().geometry;
-        let (ih, _, _) = g.input_for_output(h).context("no input size covers the height")?;
-        let (iw, _, _) = g.input_for_output(w).context("no input size covers the width")?;
+        let (ih, _, _) = g
+            .input_for_output(h)
+            .context("no input size covers the height")?;
+        let (iw, _, _) = g
+            .input_for_output(w)
+            .context("no input size covers the width")?;
         let input = Tensor4::new(
-            (0..c * ih * iw).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect(),
+            (0..c * ih * iw)
+                .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
+                .collect(),
             [1, c, ih, iw],
         )?;
         let raw = time(args.runs, || {

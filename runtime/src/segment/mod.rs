@@ -192,7 +192,9 @@ impl Planar {
     /// possibly outside the image) into `out` at batch index `n`.
     fn gather(&self, out: &mut Tensor4, n: usize, y0: isize, x0: isize) {
         let [_, c, h, w] = out.shape;
-        let xs: Vec<usize> = (0..w).map(|x| mirror(x0 + x as isize, self.width)).collect();
+        let xs: Vec<usize> = (0..w)
+            .map(|x| mirror(x0 + x as isize, self.width))
+            .collect();
         for ch in 0..c.min(self.channels) {
             let plane = &self.data[ch * self.height * self.width..][..self.height * self.width];
             for y in 0..h {
@@ -329,7 +331,11 @@ impl Segmenter {
         let same_size = images
             .windows(2)
             .all(|p| p[0].width() == p[1].width() && p[0].height() == p[1].height());
-        if images.len() < 2 || !same_size || self.options.tiling.is_some() || self.options.fit != Fit::Pad {
+        if images.len() < 2
+            || !same_size
+            || self.options.tiling.is_some()
+            || self.options.fit != Fit::Pad
+        {
             return images.iter().map(|i| self.segment(i)).collect();
         }
         let (w, h) = (images[0].width() as usize, images[0].height() as usize);
@@ -339,7 +345,12 @@ impl Segmenter {
         let mut input = Tensor4::zeros([images.len(), c, in_h, in_w]);
         for (n, image) in images.iter().enumerate() {
             let planar = self.segment_prepare(image)?;
-            planar.gather(&mut input, n, -(top_margin as isize), -(left_margin as isize));
+            planar.gather(
+                &mut input,
+                n,
+                -(top_margin as isize),
+                -(left_margin as isize),
+            );
         }
         let output = self.run_checked(&input, out_h, out_w)?;
         (0..images.len())
@@ -354,7 +365,13 @@ impl Segmenter {
             self.normalise(&ImageView::new(g.as_raw(), w, h, w, PixelFormat::Gray8)?)
         } else {
             let rgb = image.to_rgb8();
-            self.normalise(&ImageView::new(rgb.as_raw(), w, h, 3 * w, PixelFormat::Rgb8)?)
+            self.normalise(&ImageView::new(
+                rgb.as_raw(),
+                w,
+                h,
+                3 * w,
+                PixelFormat::Rgb8,
+            )?)
         }
     }
 
@@ -364,7 +381,9 @@ impl Segmenter {
     pub fn segment_tensor(&mut self, input: &Tensor4) -> Result<Vec<Segmentation>> {
         let output = self.session.run(input)?;
         let [n, _, h, w] = output.shape;
-        (0..n).map(|i| self.postprocess(&output, i, 0, 0, h, w)).collect()
+        (0..n)
+            .map(|i| self.postprocess(&output, i, 0, 0, h, w))
+            .collect()
     }
 
     /// `(input side, output side, output offset)` for an image side of `n`.
@@ -375,7 +394,10 @@ impl Segmenter {
             .ok_or_else(|| RuntimeError::BadImage {
                 width: n,
                 height: n,
-                reason: format!("no input size of {:?} covers {n} pixels", self.info.geometry),
+                reason: format!(
+                    "no input size of {:?} covers {n} pixels",
+                    self.info.geometry
+                ),
             })
     }
 
@@ -386,7 +408,9 @@ impl Segmenter {
             return Err(RuntimeError::BadImage {
                 width: view.width,
                 height: view.height,
-                reason: format!("the model takes {c} channels; images give 1 or 3 (use segment_tensor)"),
+                reason: format!(
+                    "the model takes {c} channels; images give 1 or 3 (use segment_tensor)"
+                ),
             });
         }
         let pre = &self.info.preprocessing;
@@ -394,7 +418,8 @@ impl Segmenter {
         let src: Vec<usize> = match (view.format, pre.channel_order, c) {
             (PixelFormat::Gray8, _, _) => vec![0; c],
             (_, ChannelOrder::Gray, 1) | (_, _, 1) => vec![usize::MAX],
-            (PixelFormat::Rgb8, ChannelOrder::Bgr, _) | (PixelFormat::Bgr8, ChannelOrder::Rgb | ChannelOrder::Gray, _) => {
+            (PixelFormat::Rgb8, ChannelOrder::Bgr, _)
+            | (PixelFormat::Bgr8, ChannelOrder::Rgb | ChannelOrder::Gray, _) => {
                 vec![2, 1, 0]
             }
             _ => vec![0, 1, 2],
@@ -489,7 +514,11 @@ impl Segmenter {
             });
         }
         if let Some(expected) = self.info.out_channels {
-            let got = if self.info.head == Head::Argmax { expected } else { c };
+            let got = if self.info.head == Head::Argmax {
+                expected
+            } else {
+                c
+            };
             if got != expected {
                 return Err(RuntimeError::Inference {
                     provider: self.session.provider().to_string(),
@@ -502,7 +531,15 @@ impl Segmenter {
     }
 
     /// Probabilities `[C, h, w]` of batch item `n` from the output window at `(y0, x0)`.
-    fn probabilities(&self, output: &Tensor4, n: usize, y0: usize, x0: usize, h: usize, w: usize) -> (usize, Vec<f32>) {
+    fn probabilities(
+        &self,
+        output: &Tensor4,
+        n: usize,
+        y0: usize,
+        x0: usize,
+        h: usize,
+        w: usize,
+    ) -> (usize, Vec<f32>) {
         let c = output.shape[1];
         let classes = match self.info.head {
             Head::Argmax => self.info.out_channels.unwrap_or(2).max(2),
@@ -542,7 +579,15 @@ impl Segmenter {
         (classes, probs)
     }
 
-    fn postprocess(&self, output: &Tensor4, n: usize, y0: usize, x0: usize, h: usize, w: usize) -> Result<Segmentation> {
+    fn postprocess(
+        &self,
+        output: &Tensor4,
+        n: usize,
+        y0: usize,
+        x0: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Segmentation> {
         let (classes, probabilities) = self.probabilities(output, n, y0, x0, h, w);
         Ok(self.finish(classes, probabilities, h, w))
     }
@@ -585,7 +630,6 @@ impl Segmenter {
         let back = resize_planar(&planar, w, h);
         self.finish(seg.classes, back.data, h, w)
     }
-
 }
 
 #[inline]

@@ -69,10 +69,11 @@ impl Segmenter {
         };
         // Output tile size the graph accepts, and its input size.
         let (tile_in, tile_out, margin) =
-            g.input_for_output(t.tile).ok_or_else(|| RuntimeError::BadOption {
-                option: "tiling",
-                reason: format!("no input size of {g:?} gives a {} px tile", t.tile),
-            })?;
+            g.input_for_output(t.tile)
+                .ok_or_else(|| RuntimeError::BadOption {
+                    option: "tiling",
+                    reason: format!("no input size of {g:?} gives a {} px tile", t.tile),
+                })?;
         let stride = (tile_out.saturating_sub(t.overlap) / align * align).max(align);
         if stride > tile_out {
             return Err(RuntimeError::BadOption {
@@ -89,7 +90,12 @@ impl Segmenter {
         let mut input = Tensor4::zeros([1, planar.channels, tile_in, tile_in]);
         for (ky, &py) in ys.starts.iter().enumerate() {
             for (kx, &px) in xs.starts.iter().enumerate() {
-                planar.gather(&mut input, 0, py as isize - margin as isize, px as isize - margin as isize);
+                planar.gather(
+                    &mut input,
+                    0,
+                    py as isize - margin as isize,
+                    px as isize - margin as isize,
+                );
                 let output = self.run_checked(&input, tile_out, tile_out)?;
                 // Only the part of the tile inside the image.
                 let (th, tw) = ((h - py).min(tile_out), (w - px).min(tile_out));

@@ -37,7 +37,10 @@ pub fn load_tensor(path: &std::path::Path, key: &str) -> Tensor4 {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// `Some(())` when ONNX Runtime tests can run; prints a SKIPPED line otherwise.
@@ -52,4 +55,13 @@ pub fn ort_available(test: &str) -> bool {
         return false;
     }
     true
+}
+
+/// tract when compiled in (deterministic across shapes), else ONNX Runtime.
+pub fn cpu_backend() -> unet_runtime::Backend {
+    if cfg!(feature = "tract") {
+        unet_runtime::Backend::Tract
+    } else {
+        unet_runtime::Backend::Auto
+    }
 }

@@ -15,12 +15,20 @@ fn check(backend: Backend) {
         let io = fixture(case, "io.safetensors");
         let input = load_tensor(&io, "input");
         let expected = load_tensor(&io, "eval_output");
-        let got = session.run(&input).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let got = session
+            .run(&input)
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(got.shape, expected.shape, "{case}");
         let err = max_abs_diff(&got.data, &expected.data);
-        assert!(err <= GOLDEN_ATOL, "{case} on {}: max abs err {err}", session.provider());
+        assert!(
+            err <= GOLDEN_ATOL,
+            "{case} on {}: max abs err {err}",
+            session.provider()
+        );
         // A second frame reuses the cached plan and must give the same result.
-        let again = session.run(&input).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let again = session
+            .run(&input)
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(again.data, got.data, "{case}: second run differs");
     }
 }

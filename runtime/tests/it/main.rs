@@ -1,7 +1,13 @@
 //! Integration tests of unet-runtime, one binary (`cargo test -p unet-runtime`).
 //!
-//! ort tests need `ORT_DYLIB_PATH` (the onnxruntime shared library); without
-//! it they print a SKIPPED line and pass.
+//! ort tests need `ORT_DYLIB_PATH` (the onnxruntime shared library) and the
+//! `ort` feature; without them they print a SKIPPED line and pass.
 
+mod c_abi;
+mod cli;
 mod common;
+mod errors;
 mod golden;
+mod header;
+mod segment;
+mod tiling;
