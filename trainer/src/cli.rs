@@ -103,8 +103,8 @@ pub struct TrainArgs {
     /// Train on bundled synthetic endoscopy-like frames (the default without --data/--images).
     #[arg(long)]
     pub demo: bool,
-    /// Number of synthetic samples for --demo.
-    #[arg(long, default_value_t = 400)]
+    /// Number of synthetic samples for --demo (10% held out for validation).
+    #[arg(long, default_value_t = 240)]
     pub demo_count: usize,
     /// Skip unmatched or unreadable files with a warning instead of stopping.
     #[arg(long)]
@@ -120,9 +120,10 @@ pub struct TrainArgs {
     #[arg(long, value_delimiter = ',')]
     pub class_names: Vec<String>,
 
-    #[arg(long, default_value_t = 12)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 8)]
+    /// Epochs (default: 3 for --demo, 40 for a data set on disk).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
     /// Micro-batches per optimiser step (gradient accumulation).
     #[arg(long, default_value_t = 1)]
@@ -286,7 +287,7 @@ fn model_config(spec: &str, classes: Option<usize>) -> anyhow::Result<UNetConfig
 pub fn options(a: &TrainArgs) -> anyhow::Result<TrainOptions> {
     let model = model_config(&a.model, a.classes)?;
     let (width, height) = parse_size(&a.image_size)?;
-    let augment = (!a.no_augment).then(|| AugmentConfig {
+    let augment = (!a.no_augment).then_some(AugmentConfig {
         hflip: a.hflip,
         vflip: a.vflip,
         rotate_degrees: a.rotate,
@@ -297,7 +298,13 @@ pub fn options(a: &TrainArgs) -> anyhow::Result<TrainOptions> {
     });
     Ok(TrainOptions {
         model,
-        epochs: a.epochs,
+        epochs: a
+            .epochs
+            .unwrap_or(if a.data.is_some() || a.images.is_some() {
+                40
+            } else {
+                3
+            }),
         batch_size: a.batch_size,
         accumulate: a.accumulate,
         lr: a.lr,

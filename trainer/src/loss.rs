@@ -197,7 +197,7 @@ mod tests {
         let (x, t) = binary();
         for (kind, expected) in [
             (LossKind::Bce, 0.297_509_85),
-            (LossKind::Dice, 0.167_645_69),
+            (LossKind::Dice, 0.167_645_7),
             (LossKind::BceDice, 0.465_155_54),
             (LossKind::Jaccard, 0.249_076_25),
             (LossKind::Tversky, 0.155_264_14),

@@ -145,25 +145,26 @@ impl Optimizer {
         let device = self.vars.first().map(|(_, v)| v.device().clone());
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (prefix, slot) in [(FIRST, &mut self.first[i]), (SECOND, &mut self.second[i])] {
-                *slot =
-                    match tensors.remove(&format!("{prefix}{name}")) {
-                        Some(t) if t.dims() == var.dims() => Some(
-                            t.to_device(
-                                device
-                                    .as_ref()
-                                    .unwrap_or(&unet_models::candle_core::Device::Cpu),
-                            )?,
-                        ),
-                        Some(t) => return Err(TrainError::BadCheckpoint {
+                *slot = match tensors.remove(&format!("{prefix}{name}")) {
+                    Some(t) if t.dims() == var.dims() => Some(
+                        t.to_device(
+                            device
+                                .as_ref()
+                                .unwrap_or(&unet_models::candle_core::Device::Cpu),
+                        )?,
+                    ),
+                    Some(t) => {
+                        return Err(TrainError::BadCheckpoint {
                             path: Default::default(),
                             reason: format!(
                                 "optimizer state of `{name}` has shape {:?}, the parameter {:?}",
                                 t.dims(),
                                 var.dims()
                             ),
-                        }),
-                        None => None,
-                    };
+                        })
+                    }
+                    None => None,
+                };
             }
         }
         self.steps = steps;

@@ -157,8 +157,8 @@ pub fn generate(seed: u64, index: u64, size: usize) -> RawSample {
                     // Dome shading: brighter towards the top of the polyp.
                     let shade = 0.82 + 0.3 * (1.0 - d * d).sqrt();
                     let grain = 1.0 + 0.08 * (fine[i] - 0.5);
-                    for c in 0..3 {
-                        rgb[c] = blob.colour[c] * shade * grain;
+                    for (v, c) in rgb.iter_mut().zip(blob.colour) {
+                        *v = c * shade * grain;
                     }
                 } else if d < 1.12 {
                     // Shadow ring where the polyp meets the wall.
