@@ -107,9 +107,9 @@ fn builder(
 ) -> ort::Result<ort::session::builder::SessionBuilder> {
     OrtRaw::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(ort::Error::from)?
+        .map_err(|e| -> ort::Error { e.into() })?
         .with_intra_threads(threads)
-        .map_err(ort::Error::from)
+        .map_err(|e| -> ort::Error { e.into() })
 }
 
 /// Reads the model file first: a missing file is an I/O error, not an ORT one.
@@ -314,7 +314,10 @@ fn with_ep(
     ep: ep::ExecutionProviderDispatch,
 ) -> std::result::Result<OrtRaw, String> {
     builder(env, threads)
-        .and_then(|b| b.with_execution_providers([ep]).map_err(ort::Error::from))
+        .and_then(|b| {
+            b.with_execution_providers([ep])
+                .map_err(|e| -> ort::Error { e.into() })
+        })
         .and_then(|mut b| b.commit_from_memory(bytes))
         .map_err(|e| e.to_string())
 }

@@ -343,7 +343,11 @@ fn bench(args: &BenchArgs) -> Result<()> {
     };
     // A deterministic textured frame.
     let image = DynamicImage::ImageRgb8(RgbImage::from_fn(w as u32, h as u32, |x, y| {
-        Rgb([(x * 7 + y * 3) as u8, (x * y) as u8, 255u32.wrapping_sub(x + y) as u8])
+        Rgb([
+            (x * 7 + y * 3) as u8,
+            (x * y) as u8,
+            255u32.wrapping_sub(x + y) as u8,
+        ])
     }));
     println!(
         "{} at {w}x{h}, {} threads, {} runs (ms)",
