@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod io;
 pub mod layers;
+pub mod milesial;
 pub mod model;
 
 pub use arch::{Graph, Node, NodeId, Op, ParamKind, ParamSpec};

@@ -1,0 +1,6 @@
+//! Integration tests of unet-export, one binary (see STYLE.md, ripgrep).
+
+mod cli;
+mod common;
+mod export;
+mod milesial;
