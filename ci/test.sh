@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
+# ONNX Runtime is loaded at run time (load-dynamic): CI tests both back ends.
+features="unet-runtime/ort,unet-exporter/ort"
 
 if ! command -v cc >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
@@ -15,8 +17,16 @@ echo "ONNX Runtime library: $ORT_DYLIB_PATH"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
-cargo test --workspace --locked
-echo "== fixtures: torch-exported ONNX files on ONNX Runtime (Python)"
+cargo clippy --workspace --all-targets --features "$features" -- -D warnings
+echo "== fixtures: torch-exported ONNX files on onnx.checker and ONNX Runtime (Python)"
 .venv/bin/python fixtures/check_onnx.py
+echo "== cargo test"
+cargo test --workspace --features "$features"
+echo "== exported fixtures: onnx.checker, shape inference, ONNX Runtime (Python) vs golden outputs"
+.venv/bin/python ci/validate_onnx.py --export --unet-export target/debug/unet-export
+echo "== end to end (tiny): train, export with parity on tract and onnxruntime, infer"
+e2e="$(mktemp -d)"
+QUICKSTART_PROFILE=debug QUICKSTART_ARGS="--epochs 1 --demo-count 16 --image-size 64x64 --quiet" \
+  bash ci/quickstart.sh --out "$e2e"
+.venv/bin/python -c "import onnx, sys; onnx.checker.check_model(sys.argv[1], full_check=True); print('onnx.checker: ok')" "$e2e/model.onnx"
+rm -rf "$e2e"

@@ -13,8 +13,13 @@ use unet_models::{Preprocessing, UNet, UNetConfig};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let preset = args.next().context("usage: make_model PRESET OUT.safetensors")?;
-    let out = PathBuf::from(args.next().context("usage: make_model PRESET OUT.safetensors")?);
+    let preset = args
+        .next()
+        .context("usage: make_model PRESET OUT.safetensors")?;
+    let out = PathBuf::from(
+        args.next()
+            .context("usage: make_model PRESET OUT.safetensors")?,
+    );
     let cfg = UNetConfig::preset(&preset)?;
     let device = Device::Cpu;
     let model = UNet::new(&cfg, &device, 7)?;
@@ -24,10 +29,24 @@ fn main() -> anyhow::Result<()> {
         _ => cfg.size_multiple() * 2,
     };
     for seed in 0..2u64 {
-        let x = Tensor::randn(0.5f32 + seed as f32, 1.0, (2, cfg.in_channels, size, size), &device)?;
+        let x = Tensor::randn(
+            0.5f32 + seed as f32,
+            1.0,
+            (2, cfg.in_channels, size, size),
+            &device,
+        )?;
         model.forward_t(&x, true)?;
     }
-    unet_models::io::save(&model, &Preprocessing::default_for(&cfg), &HashMap::new(), &out)?;
-    println!("wrote {} ({} parameters)", out.display(), model.num_parameters());
+    unet_models::io::save(
+        &model,
+        &Preprocessing::default_for(&cfg),
+        &HashMap::new(),
+        &out,
+    )?;
+    println!(
+        "wrote {} ({} parameters)",
+        out.display(),
+        model.num_parameters()
+    );
     Ok(())
 }

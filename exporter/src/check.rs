@@ -337,7 +337,13 @@ impl Stats {
 }
 
 /// Compares `actual` with `expected` (same shape) element-wise.
-pub fn compare(expected: &Nchw, actual: &Nchw, tol: Tolerance, head: Head, classes: usize) -> Stats {
+pub fn compare(
+    expected: &Nchw,
+    actual: &Nchw,
+    tol: Tolerance,
+    head: Head,
+    classes: usize,
+) -> Stats {
     let (mut max_abs, mut max_rel, mut sum_abs, mut mismatches) = (0f64, 0f64, 0f64, 0usize);
     for (&e, &a) in expected.data.iter().zip(&actual.data) {
         let (e, a) = (e as f64, a as f64);
@@ -472,11 +478,7 @@ impl fmt::Display for Report {
         for (name, why) in &self.skipped {
             writeln!(f, "{name}: skipped ({why})")?;
         }
-        write!(
-            f,
-            "parity: {}",
-            if self.passed() { "PASS" } else { "FAIL" }
-        )
+        write!(f, "parity: {}", if self.passed() { "PASS" } else { "FAIL" })
     }
 }
 

@@ -32,12 +32,23 @@ pub fn write_golden(model: &UNet, pre: &Preprocessing, dir: &Path, seed: u64) ->
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let logits = check::candle_logits(model, &case.input)?;
-        tensors.push((format!("case{i}.input"), case.input.shape.to_vec(), le_bytes(&case.input.data)));
-        tensors.push((format!("case{i}.logits"), logits.shape.to_vec(), le_bytes(&logits.data)));
+        tensors.push((
+            format!("case{i}.input"),
+            case.input.shape.to_vec(),
+            le_bytes(&case.input.data),
+        ));
+        tensors.push((
+            format!("case{i}.logits"),
+            logits.shape.to_vec(),
+            le_bytes(&logits.data),
+        ));
     }
     let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
     let metadata = HashMap::from([
-        (CASES_KEY.to_string(), serde_json::to_string(&names).unwrap_or_default()),
+        (
+            CASES_KEY.to_string(),
+            serde_json::to_string(&names).unwrap_or_default(),
+        ),
         (SEED_KEY.to_string(), seed.to_string()),
         (CONFIG_KEY.to_string(), model.config().to_json()),
         (PREPROCESSING_KEY.to_string(), pre.to_json()),
@@ -49,7 +60,12 @@ pub fn write_golden(model: &UNet, pre: &Preprocessing, dir: &Path, seed: u64) ->
     };
     let views = tensors
         .iter()
-        .map(|(name, shape, data)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), data)?)))
+        .map(|(name, shape, data)| {
+            Ok((
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), data)?,
+            ))
+        })
         .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
     let bytes = safetensors::serialize(views, Some(metadata))
@@ -87,7 +103,10 @@ pub fn read_golden(dir: &Path) -> Result<Golden> {
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let get = |key: &str| meta.get(key).ok_or_else(|| bad(format!("no `{key}` metadata")));
+    let get = |key: &str| {
+        meta.get(key)
+            .ok_or_else(|| bad(format!("no `{key}` metadata")))
+    };
     let names: Vec<String> =
         serde_json::from_str(get(CASES_KEY)?).map_err(|e| bad(format!("{CASES_KEY}: {e}")))?;
     let preprocessing = Preprocessing::from_json(get(PREPROCESSING_KEY)?)
@@ -95,7 +114,9 @@ pub fn read_golden(dir: &Path) -> Result<Golden> {
     let config = unet_models::UNetConfig::from_json(get(CONFIG_KEY)?)
         .map_err(|e| bad(format!("{CONFIG_KEY}: {e}")))?;
     let tensor = |name: String| -> Result<Nchw> {
-        let view = st.tensor(&name).map_err(|_| bad(format!("no tensor `{name}`")))?;
+        let view = st
+            .tensor(&name)
+            .map_err(|_| bad(format!("no tensor `{name}`")))?;
         let shape: [usize; 4] = view
             .shape()
             .try_into()

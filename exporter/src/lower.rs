@@ -216,7 +216,11 @@ fn doc_string(graph: &Graph, opts: &ExportOptions) -> String {
         "{} (base width {}, depth {}, {} padding, {} upsampling{}{}), {} -> {} channels, NCHW. \
          Input `{INPUT_NAME}`: {}. Output `{}`: {}. Written by unet-export {} from the \
          unet-models architecture description.",
-        if cfg.attention { "Attention U-Net" } else { "U-Net" },
+        if cfg.attention {
+            "Attention U-Net"
+        } else {
+            "U-Net"
+        },
         cfg.base_width,
         cfg.depth,
         match cfg.padding {
@@ -263,10 +267,8 @@ fn metadata_props(
 ) -> Vec<tract_onnx::pb::StringStringEntryProto> {
     let cfg = model.config();
     // Sorted so the same export is byte-for-byte the same file.
-    let mut m: BTreeMap<String, String> = source
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut m: BTreeMap<String, String> =
+        source.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     m.entry(CONFIG_KEY.into()).or_insert_with(|| cfg.to_json());
     m.entry(PREPROCESSING_KEY.into())
         .or_insert_with(|| pre.to_json());
@@ -554,7 +556,10 @@ impl Lowering<'_> {
                             ("strides", Attr::Ints(vec![2, 2])),
                         ],
                     );
-                    self.emit(up, &format!("2x2 transposed convolution, stride 2, {i} -> {o} channels"));
+                    self.emit(
+                        up,
+                        &format!("2x2 transposed convolution, stride 2, {i} -> {o} channels"),
+                    );
                 }
                 Op::UpsampleBilinear2x { align_corners } => {
                     let scales = self.shared_f32("upsample.scales", &[1.0, 1.0, 2.0, 2.0]);
@@ -594,7 +599,10 @@ impl Lowering<'_> {
                 }
                 Op::Add => {
                     let (a, b) = (input(0), input(1));
-                    self.emit(onnx::node("Add", &node.name, &[&a, &b], &[&out], vec![]), "");
+                    self.emit(
+                        onnx::node("Add", &node.name, &[&a, &b], &[&out], vec![]),
+                        "",
+                    );
                 }
                 Op::MulBroadcastChannels => {
                     let (a, b) = (input(0), input(1));
@@ -701,7 +709,7 @@ impl Lowering<'_> {
         let hw = self.shared_i64("crop.hw_axes", &[2, 3]);
         let two = self.shared_i64("crop.two", &[2]);
         let t = |s: &str| format!("{name}.{s}");
-        let steps: [(&str, Vec<String>, String, Vec<(&str, Attr)>); 7] = [
+        let steps: [CropStep; 7] = [
             ("Shape", vec![skip.into()], t("skip_shape"), vec![]),
             ("Shape", vec![target.into()], t("target_shape"), vec![]),
             (
@@ -716,7 +724,12 @@ impl Lowering<'_> {
                 t("target_hw"),
                 vec![("axis", Attr::Int(0))],
             ),
-            ("Sub", vec![t("skip_hw"), t("target_hw")], t("excess"), vec![]),
+            (
+                "Sub",
+                vec![t("skip_hw"), t("target_hw")],
+                t("excess"),
+                vec![],
+            ),
             ("Div", vec![t("excess"), two.into()], t("starts"), vec![]),
             ("Add", vec![t("starts"), t("target_hw")], t("ends"), vec![]),
         ];
@@ -819,7 +832,12 @@ impl Lowering<'_> {
         let input = onnx::value_info(
             INPUT_NAME,
             Elem::F32,
-            &[batch.clone(), Dim::Fixed(cfg.in_channels), h.clone(), w.clone()],
+            &[
+                batch.clone(),
+                Dim::Fixed(cfg.in_channels),
+                h.clone(),
+                w.clone(),
+            ],
             "NCHW image batch",
         );
         let (oh, ow) = match (&self.spatial[last], cfg.padding) {
@@ -844,3 +862,6 @@ impl Lowering<'_> {
 pub fn encode(model: &ModelProto) -> Vec<u8> {
     prost::Message::encode_to_vec(model)
 }
+
+/// One node of the crop subgraph: op type, inputs, output, attributes.
+type CropStep<'a> = (&'a str, Vec<String>, String, Vec<(&'a str, Attr)>);

@@ -333,8 +333,13 @@ fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             seed: args.check.seed,
             ..CheckOptions::default()
         };
-        let report = check::check_model(&loaded.model, &loaded.preprocessing, tmp.path(), &check_opts)
-            .with_context(|| format!("checking {}", output.display()))?;
+        let report = check::check_model(
+            &loaded.model,
+            &loaded.preprocessing,
+            tmp.path(),
+            &check_opts,
+        )
+        .with_context(|| format!("checking {}", output.display()))?;
         println!("{report}");
         if !report.passed() {
             eprintln!(
@@ -375,8 +380,9 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 seed: args.seed,
                 ..CheckOptions::default()
             };
-            let report = golden::check_golden(dir, onnx, &opts)
-                .with_context(|| format!("checking {} against {}", onnx.display(), dir.display()))?;
+            let report = golden::check_golden(dir, onnx, &opts).with_context(|| {
+                format!("checking {} against {}", onnx.display(), dir.display())
+            })?;
             Ok(print_report(&report))
         }
         (None, [model, onnx]) => {
@@ -398,8 +404,13 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 
 fn run_golden(args: GoldenArgs) -> anyhow::Result<ExitCode> {
     let loaded = load(&args.model, &args.source)?;
-    let path = golden::write_golden(&loaded.model, &loaded.preprocessing, &args.output, args.seed)
-        .with_context(|| format!("writing golden outputs to {}", args.output.display()))?;
+    let path = golden::write_golden(
+        &loaded.model,
+        &loaded.preprocessing,
+        &args.output,
+        args.seed,
+    )
+    .with_context(|| format!("writing golden outputs to {}", args.output.display()))?;
     println!("wrote {}", path.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -414,8 +425,13 @@ fn run_import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let output = args
         .output
         .unwrap_or_else(|| args.checkpoint.with_extension("unet.safetensors"));
-    io::save(&loaded.model, &loaded.preprocessing, &loaded.metadata, &output)
-        .with_context(|| format!("writing {}", output.display()))?;
+    io::save(
+        &loaded.model,
+        &loaded.preprocessing,
+        &loaded.metadata,
+        &output,
+    )
+    .with_context(|| format!("writing {}", output.display()))?;
     println!(
         "wrote {} ({} parameters, config {})",
         output.display(),

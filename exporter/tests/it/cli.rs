@@ -36,7 +36,14 @@ fn assert_only(dir: &Path, names: &[&str]) {
 fn export_runs_its_check_and_writes_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("unet.onnx");
-    let o = unet_export(&[weights("unet").to_str().unwrap(), "-o", out.to_str().unwrap(), "--fold-bn", "--head", "sigmoid"]);
+    let o = unet_export(&[
+        weights("unet").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--fold-bn",
+        "--head",
+        "sigmoid",
+    ]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("tract vs candle"), "{stdout}");
@@ -46,26 +53,60 @@ fn export_runs_its_check_and_writes_the_file() {
     assert_only(dir.path(), &["unet.onnx"]);
 
     // The `check` subcommand on the written file, and on a damaged copy (exit 2).
-    let o = unet_export(&["check", weights("unet").to_str().unwrap(), out.to_str().unwrap()]);
+    let o = unet_export(&[
+        "check",
+        weights("unet").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
-    let mut bytes = std::fs::read(&out).unwrap();
-    // Corrupt one weight value deep in the file (raw data, not the framing).
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x40;
-    bytes[at + 1] ^= 0x40;
+    // Flip the sign of one decoder weight in the written file.
+    use prost::Message;
+    let mut proto =
+        tract_onnx::pb::ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+    let weight = proto
+        .graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.starts_with("decoder.2.conv.3"))
+        .unwrap();
+    for chunk in weight.raw_data.chunks_exact_mut(4) {
+        chunk[3] ^= 0x80;
+    }
+    let bytes = proto.encode_to_vec();
     let bad = dir.path().join("bad.onnx");
     std::fs::write(&bad, &bytes).unwrap();
-    let o = unet_export(&["check", weights("unet").to_str().unwrap(), bad.to_str().unwrap()]);
+    let o = unet_export(&[
+        "check",
+        weights("unet").to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
     assert!(text(&o).0.contains("parity: FAIL"));
 
     // Golden outputs written once, compared later without the weights.
     let golden = dir.path().join("golden");
-    let o = unet_export(&["golden", weights("unet").to_str().unwrap(), "-o", golden.to_str().unwrap()]);
+    let o = unet_export(&[
+        "golden",
+        weights("unet").to_str().unwrap(),
+        "-o",
+        golden.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
-    let o = unet_export(&["check", "--golden", golden.to_str().unwrap(), out.to_str().unwrap()]);
+    let o = unet_export(&[
+        "check",
+        "--golden",
+        golden.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
-    let o = unet_export(&["check", "--golden", golden.to_str().unwrap(), bad.to_str().unwrap()]);
+    let o = unet_export(&[
+        "check",
+        "--golden",
+        golden.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
 }
 
@@ -74,11 +115,23 @@ fn a_failed_check_leaves_no_file() {
     // An impossible tolerance makes the check fail on a correct graph.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.onnx");
-    let o = unet_export(&[weights("unet-paper").to_str().unwrap(), "-o", out.to_str().unwrap(), "--fp16", "--atol", "0", "--rtol", "0"]);
+    let o = unet_export(&[
+        weights("unet-paper").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--fp16",
+        "--atol",
+        "0",
+        "--rtol",
+        "0",
+    ]);
     let (stdout, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{stdout}\n{stderr}");
     assert!(stdout.contains("parity: FAIL"), "{stdout}");
-    assert!(stderr.contains("m.onnx") && stderr.contains("not written"), "{stderr}");
+    assert!(
+        stderr.contains("m.onnx") && stderr.contains("not written"),
+        "{stderr}"
+    );
     assert_only(dir.path(), &[]);
 }
 
@@ -102,7 +155,10 @@ fn bad_input_fails_with_the_file_named_and_nothing_written() {
 
     // Weights that do not match the configuration.
     let e = failing(&[unet, "-o", out, "--preset", "unet-16"], dir.path());
-    assert!(e.contains("weights.safetensors") && e.contains("encoder.0.conv.0.weight"), "{e}");
+    assert!(
+        e.contains("weights.safetensors") && e.contains("encoder.0.conv.0.weight"),
+        "{e}"
+    );
 
     // A file without metadata and no --preset/--config.
     let inputs = tempfile::tempdir().unwrap();
@@ -110,21 +166,38 @@ fn bad_input_fails_with_the_file_named_and_nothing_written() {
     let bytes = std::fs::read(weights("unet")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
-    std::fs::write(&bare, safetensors::serialize(tensors, None::<HashMap<String, String>>).unwrap()).unwrap();
+    std::fs::write(
+        &bare,
+        safetensors::serialize(tensors, None::<HashMap<String, String>>).unwrap(),
+    )
+    .unwrap();
     let e = failing(&[bare.to_str().unwrap(), "-o", out], dir.path());
-    assert!(e.contains("bare.safetensors") && e.contains("unet.config"), "{e}");
+    assert!(
+        e.contains("bare.safetensors") && e.contains("unet.config"),
+        "{e}"
+    );
     // ... which exports once the config is given.
     let config = inputs.path().join("config.json");
     let cfg = load("unet").model.config().to_json();
     std::fs::write(&config, cfg).unwrap();
-    let o = unet_export(&[bare.to_str().unwrap(), "-o", out, "--config", config.to_str().unwrap(), "--no-check"]);
+    let o = unet_export(&[
+        bare.to_str().unwrap(),
+        "-o",
+        out,
+        "--config",
+        config.to_str().unwrap(),
+        "--no-check",
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
     std::fs::remove_file(&out_path).unwrap();
 
     // Opsets outside 13..=21.
     for opset in ["12", "22"] {
         let e = failing(&[unet, "-o", out, "--opset", opset], dir.path());
-        assert!(e.contains(&format!("opset {opset} is not supported")) && e.contains("13 to 21"), "{e}");
+        assert!(
+            e.contains(&format!("opset {opset} is not supported")) && e.contains("13 to 21"),
+            "{e}"
+        );
         assert!(e.contains("weights.safetensors"), "{e}");
     }
 
@@ -137,7 +210,10 @@ fn bad_input_fails_with_the_file_named_and_nothing_written() {
     let notes = inputs.path().join("notes.txt");
     std::fs::write(&notes, "these are not weights\n").unwrap();
     let e = failing(&[notes.to_str().unwrap(), "-o", out], dir.path());
-    assert!(e.contains("notes.txt") && e.contains("not a valid safetensors file"), "{e}");
+    assert!(
+        e.contains("notes.txt") && e.contains("not a valid safetensors file"),
+        "{e}"
+    );
 
     // A shape the network does not accept.
     let e = failing(&[unet, "-o", out, "--shape", "1x3x30x48"], dir.path());

@@ -46,13 +46,8 @@ pub fn io_tensor(case: &str, name: &str) -> Tensor4 {
 
 /// Exports `loaded` with `opts` into `dir/name.onnx`.
 pub fn export_to(loaded: &LoadedModel, opts: &ExportOptions, dir: &Path, name: &str) -> PathBuf {
-    let proto = lower::export(
-        &loaded.model,
-        &loaded.preprocessing,
-        &loaded.metadata,
-        opts,
-    )
-    .unwrap();
+    let proto =
+        lower::export(&loaded.model, &loaded.preprocessing, &loaded.metadata, opts).unwrap();
     let path = dir.join(format!("{name}.onnx"));
     std::fs::write(&path, lower::encode(&proto)).unwrap();
     path

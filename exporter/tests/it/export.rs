@@ -19,7 +19,13 @@ fn proto(case: &str, opts: &ExportOptions) -> ModelProto {
 }
 
 fn count_ops(p: &ModelProto, op: &str) -> usize {
-    p.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == op).count()
+    p.graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter(|n| n.op_type == op)
+        .count()
 }
 
 fn dims(v: &ValueInfoProto) -> Vec<String> {
@@ -49,7 +55,11 @@ fn every_fixture_case_matches_pytorch_on_every_backend() {
         for runner in runners() {
             let got = run(runner, &path, &input);
             let err = max_abs(&expected, &got);
-            assert!(err <= GOLDEN_ATOL, "{case} on {}: max abs {err}", runner.name());
+            assert!(
+                err <= GOLDEN_ATOL,
+                "{case} on {}: max abs {err}",
+                runner.name()
+            );
         }
     }
 }
@@ -74,15 +84,33 @@ fn fold_bn_removes_batchnorm_and_keeps_the_outputs() {
             .iter()
             .filter(|n| n.op_type == "Conv")
             .all(|n| n.input.len() == 3));
-        assert!(graph.initializer.iter().any(|t| t.name == "encoder.0.conv.0.bias"));
+        assert!(graph
+            .initializer
+            .iter()
+            .any(|t| t.name == "encoder.0.conv.0.bias"));
         assert_eq!(metadata(&folded)["unet.fold_bn"], "true");
 
         let input = io_tensor(case, "input");
         let expected = io_tensor(case, "eval_output");
-        let a = run(Runner::Tract, &export_to(&load(case), &ExportOptions::default(), dir.path(), "plain"), &input);
-        let b = run(Runner::Tract, &export_to(&load(case), &folded_opts, dir.path(), "folded"), &input);
-        assert!(max_abs(&a, &b) <= 2e-5, "{case}: folded vs plain {}", max_abs(&a, &b));
-        assert!(max_abs(&expected, &b) <= GOLDEN_ATOL, "{case}: folded vs PyTorch");
+        let a = run(
+            Runner::Tract,
+            &export_to(&load(case), &ExportOptions::default(), dir.path(), "plain"),
+            &input,
+        );
+        let b = run(
+            Runner::Tract,
+            &export_to(&load(case), &folded_opts, dir.path(), "folded"),
+            &input,
+        );
+        assert!(
+            max_abs(&a, &b) <= 2e-5,
+            "{case}: folded vs plain {}",
+            max_abs(&a, &b)
+        );
+        assert!(
+            max_abs(&expected, &b) <= GOLDEN_ATOL,
+            "{case}: folded vs PyTorch"
+        );
     }
 }
 
@@ -103,7 +131,11 @@ fn opset_matrix() {
             for runner in runners() {
                 let got = run(runner, &path, &io_tensor(case, "input"));
                 let err = max_abs(&io_tensor(case, "eval_output"), &got);
-                assert!(err <= GOLDEN_ATOL, "{case} opset {opset} on {}: {err}", runner.name());
+                assert!(
+                    err <= GOLDEN_ATOL,
+                    "{case} opset {opset} on {}: {err}",
+                    runner.name()
+                );
             }
         }
     }
@@ -113,8 +145,13 @@ fn opset_matrix() {
             opset,
             ..ExportOptions::default()
         };
-        let err = lower::export(&loaded.model, &loaded.preprocessing, &loaded.metadata, &opts)
-            .unwrap_err();
+        let err = lower::export(
+            &loaded.model,
+            &loaded.preprocessing,
+            &loaded.metadata,
+            &opts,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, ExportError::UnsupportedOpset { opset: o, min: 13, max: 21 } if o == opset),
             "{err}"
@@ -132,7 +169,11 @@ fn fp16_stays_within_its_tolerance_with_f32_edges() {
     for case in ["unet", "unet-bilinear", "unet-paper"] {
         let p = proto(case, &opts);
         let graph = p.graph.as_ref().unwrap();
-        for t in graph.initializer.iter().filter(|t| t.name.ends_with(".weight")) {
+        for t in graph
+            .initializer
+            .iter()
+            .filter(|t| t.name.ends_with(".weight"))
+        {
             assert_eq!(t.data_type, DataType::Float16 as i32, "{}", t.name);
         }
         let elem = |v: &ValueInfoProto| match v.r#type.as_ref().unwrap().value.as_ref() {
@@ -147,9 +188,17 @@ fn fp16_stays_within_its_tolerance_with_f32_edges() {
         let expected = io_tensor(case, "eval_output");
         for runner in runners() {
             let got = run(runner, &path, &io_tensor(case, "input"));
-            assert_close(&format!("{case} fp16 on {}", runner.name()), &expected, &got, Tolerance::F16);
+            assert_close(
+                &format!("{case} fp16 on {}", runner.name()),
+                &expected,
+                &got,
+                Tolerance::F16,
+            );
             // It really computed in f16: an f32 graph is within 1e-5.
-            assert!(max_abs(&expected, &got) > 1e-5, "{case}: suspiciously exact for f16");
+            assert!(
+                max_abs(&expected, &got) > 1e-5,
+                "{case}: suspiciously exact for f16"
+            );
         }
     }
 }
@@ -169,7 +218,12 @@ fn heads_and_in_graph_normalisation() {
             normalize_in_graph: true,
             ..ExportOptions::default()
         };
-        let path = export_to(&loaded, &opts, dir.path(), &format!("{case}-{}", head.as_str()));
+        let path = export_to(
+            &loaded,
+            &opts,
+            dir.path(),
+            &format!("{case}-{}", head.as_str()),
+        );
         // The graph takes pixels in [0, 1]: undo the fixture input's normalisation.
         let x = io_tensor(case, "input");
         let [_, c, h, w] = x.shape;
@@ -189,7 +243,12 @@ fn heads_and_in_graph_normalisation() {
         let expected = check::apply_head(head, &io_tensor(case, "eval_output"));
         for runner in runners() {
             let got = run(runner, &path, &pixels);
-            assert_close(&format!("{case} {head:?} on {}", runner.name()), &expected, &got, Tolerance::F32);
+            assert_close(
+                &format!("{case} {head:?} on {}", runner.name()),
+                &expected,
+                &got,
+                Tolerance::F32,
+            );
         }
         let p = proto(case, &opts);
         let meta = metadata(&p);
@@ -204,7 +263,10 @@ fn metadata_names_and_shapes() {
     let loaded = load("unet");
     let p = proto("unet", &ExportOptions::default());
     let meta = metadata(&p);
-    assert_eq!(meta[CONFIG_KEY], loaded.metadata[CONFIG_KEY], "copied verbatim");
+    assert_eq!(
+        meta[CONFIG_KEY], loaded.metadata[CONFIG_KEY],
+        "copied verbatim"
+    );
     assert_eq!(meta[PREPROCESSING_KEY], loaded.metadata[PREPROCESSING_KEY]);
     assert_eq!(meta["unet.head"], "logits");
     assert_eq!(meta["unet.normalize_in_graph"], "false");
@@ -212,7 +274,11 @@ fn metadata_names_and_shapes() {
     assert_eq!(meta["unet.threshold"], "0.5");
     assert_eq!(meta["unet.size_multiple"], "8");
     assert_eq!(p.producer_name, "unet-export");
-    assert!(p.doc_string.contains("U-Net (base width 4, depth 3"), "{}", p.doc_string);
+    assert!(
+        p.doc_string.contains("U-Net (base width 4, depth 3"),
+        "{}",
+        p.doc_string
+    );
 
     let graph = p.graph.as_ref().unwrap();
     // Initializers are exactly the state_dict minus the integer step counters.
@@ -226,7 +292,14 @@ fn metadata_names_and_shapes() {
         .collect();
     assert_eq!(inits, state);
     let nodes: HashSet<&str> = graph.node.iter().map(|n| n.name.as_str()).collect();
-    for name in ["encoder.0.conv.0", "encoder.0.conv.1", "encoder.1.pool", "decoder.0.up", "decoder.2.concat", "head"] {
+    for name in [
+        "encoder.0.conv.0",
+        "encoder.0.conv.1",
+        "encoder.1.pool",
+        "decoder.0.up",
+        "decoder.2.concat",
+        "head",
+    ] {
         assert!(nodes.contains(name), "{name}");
     }
     assert_eq!(dims(&graph.input[0]), ["batch", "3", "height", "width"]);
@@ -247,7 +320,10 @@ fn metadata_names_and_shapes() {
     assert_eq!(info("encoder.1.pool"), ["1", "4", "16", "24"]);
     assert_eq!(info("bottleneck.conv.5"), ["1", "32", "4", "6"]);
     assert_eq!(info("decoder.0.up"), ["1", "16", "8", "12"]);
-    assert!(graph.value_info.iter().all(|v| !dims(v).contains(&"?".to_string())));
+    assert!(graph
+        .value_info
+        .iter()
+        .all(|v| !dims(v).contains(&"?".to_string())));
 
     let bad = ExportOptions {
         input: InputShape {
@@ -256,8 +332,12 @@ fn metadata_names_and_shapes() {
         },
         ..ExportOptions::default()
     };
-    let err = lower::export(&loaded.model, &loaded.preprocessing, &loaded.metadata, &bad).unwrap_err();
-    assert!(err.to_string().contains("nearest valid heights: 24 or 32"), "{err}");
+    let err =
+        lower::export(&loaded.model, &loaded.preprocessing, &loaded.metadata, &bad).unwrap_err();
+    assert!(
+        err.to_string().contains("nearest valid heights: 24 or 32"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -265,7 +345,13 @@ fn check_passes_a_good_export_and_catches_a_flipped_weight() {
     let dir = tempfile::tempdir().unwrap();
     let loaded = load("unet");
     let good = export_to(&loaded, &ExportOptions::default(), dir.path(), "good");
-    let report = check::check_model(&loaded.model, &loaded.preprocessing, &good, &CheckOptions::default()).unwrap();
+    let report = check::check_model(
+        &loaded.model,
+        &loaded.preprocessing,
+        &good,
+        &CheckOptions::default(),
+    )
+    .unwrap();
     assert!(report.passed(), "{report}");
     // Two sizes x (random, frames) per back end.
     assert!(report.backends.iter().all(|b| b.rows.len() == 4));
@@ -285,7 +371,13 @@ fn check_passes_a_good_export_and_catches_a_flipped_weight() {
     }
     let bad = dir.path().join("bad.onnx");
     std::fs::write(&bad, lower::encode(&p)).unwrap();
-    let report = check::check_model(&loaded.model, &loaded.preprocessing, &bad, &CheckOptions::default()).unwrap();
+    let report = check::check_model(
+        &loaded.model,
+        &loaded.preprocessing,
+        &bad,
+        &CheckOptions::default(),
+    )
+    .unwrap();
     assert!(!report.passed());
     for b in &report.backends {
         for row in &b.rows {
@@ -299,6 +391,10 @@ fn check_passes_a_good_export_and_catches_a_flipped_weight() {
     let golden_dir = dir.path().join("golden");
     golden::write_golden(&loaded.model, &loaded.preprocessing, &golden_dir, 5).unwrap();
     let opts = CheckOptions::default();
-    assert!(golden::check_golden(&golden_dir, &good, &opts).unwrap().passed());
-    assert!(!golden::check_golden(&golden_dir, &bad, &opts).unwrap().passed());
+    assert!(golden::check_golden(&golden_dir, &good, &opts)
+        .unwrap()
+        .passed());
+    assert!(!golden::check_golden(&golden_dir, &bad, &opts)
+        .unwrap()
+        .passed());
 }

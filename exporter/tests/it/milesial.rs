@@ -30,8 +30,19 @@ fn milesial_checkpoints_load_export_and_match_pytorch() {
         let input = io_tensor(case, "input");
         let expected = io_tensor(case, "eval_output");
         let x = Tensor::from_slice(&input.data, input.shape.as_slice(), &Device::Cpu).unwrap();
-        let y: Vec<f32> = loaded.model.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let candle_err = y.iter().zip(&expected.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let y: Vec<f32> = loaded
+            .model
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let candle_err = y
+            .iter()
+            .zip(&expected.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(candle_err <= GOLDEN_ATOL, "{case}: candle {candle_err}");
 
         let onnx = export_to(&loaded, &ExportOptions::default(), dir.path(), case);
@@ -45,7 +56,10 @@ fn milesial_checkpoints_load_export_and_match_pytorch() {
 
 #[test]
 fn our_own_files_are_not_milesial_checkpoints() {
-    let err = milesial::load(&weights("unet"), &Device::Cpu).err().unwrap().to_string();
+    let err = milesial::load(&weights("unet"), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("weights.safetensors"), "{err}");
     assert!(err.contains("inc.double_conv.0.weight"), "{err}");
 }

@@ -180,11 +180,13 @@ impl TractSession {
         let outputs = state.run(tvec!(x.into())).map_err(failed)?;
         let first = outputs
             .first()
-            .ok_or_else(|| failed(anyhow::anyhow!("no output").into()))?;
+            .ok_or_else(|| failed(anyhow::anyhow!("no output")))?;
         let view = first.to_plain_array_view::<f32>().map_err(failed)?;
         let dims = view.shape();
         let shape: [usize; 4] = dims.try_into().map_err(|_| {
-            failed(anyhow::anyhow!("the first output has shape {dims:?}, expected rank 4").into())
+            failed(anyhow::anyhow!(
+                "the first output has shape {dims:?}, expected rank 4"
+            ))
         })?;
         Ok(Tensor4 {
             data: view.iter().copied().collect(),
