@@ -148,6 +148,8 @@ pub fn ort_library() -> Option<PathBuf> {
     ort_library_with(None)
 }
 
+// One per loaded model, never in a collection: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Inner {
     #[cfg(feature = "tract")]
     Tract(crate::backend::tract::TractSession),
