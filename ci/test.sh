@@ -20,6 +20,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --features "$features" -- -D warnings
 echo "== fixtures: torch-exported ONNX files on onnx.checker and ONNX Runtime (Python)"
 .venv/bin/python fixtures/check_onnx.py
+echo "== cargo build (binaries and the C library the tests link)"
+cargo build --workspace --features "$features"
 echo "== cargo test"
 cargo test --workspace --features "$features"
 echo "== exported fixtures: onnx.checker, shape inference, ONNX Runtime (Python) vs golden outputs"

@@ -15,10 +15,51 @@ fn lib_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// `cargo test` builds only the rlib: build this profile's staticlib (a
+/// relink at most after `cargo build --workspace`, as CI runs first) so the C
+/// program links the code under test. `--workspace` keeps the dependency
+/// features those of the test build, so nothing is recompiled.
+fn build_staticlib() -> PathBuf {
+    let dir = lib_dir();
+    let profile = dir.file_name().and_then(|p| p.to_str()).expect("profile");
+    let profile = if profile == "debug" { "dev" } else { profile };
+    let mut features = Vec::new();
+    if cfg!(feature = "tract") {
+        features.push("unet-runtime/tract");
+    }
+    if cfg!(feature = "ort") {
+        features.push("unet-runtime/ort");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(&cargo);
+    build
+        .args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--lib",
+            "--profile",
+            profile,
+        ])
+        .args(["--features", &features.join(",")])
+        .arg("--target-dir")
+        .arg(dir.parent().expect("target dir"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if !cfg!(feature = "tract") {
+        build.arg("--no-default-features");
+    }
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run `{cargo}`: {e}"));
+    assert!(status.success(), "building libunet_runtime.a failed");
+    let lib = dir.join("libunet_runtime.a");
+    assert!(lib.is_file(), "{} not built", lib.display());
+    lib
+}
+
 fn compile_smoke() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let lib = lib_dir().join("libunet_runtime.a");
-    assert!(lib.is_file(), "{} not built", lib.display());
+    let lib = build_staticlib();
     let out = std::env::temp_dir().join(format!("unet_smoke_{}", std::process::id()));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
