@@ -33,7 +33,7 @@ echo "== 1/4 train $model on the bundled synthetic data"
 # shellcheck disable=SC2086
 "$bin/unet-train" --demo --model "$model" --out "$out/train" ${QUICKSTART_ARGS:-}
 echo "== 2/4 export to ONNX with the parity check (tract$([ -n "$ORT_DYLIB_PATH" ] && echo ', onnxruntime'))"
-"$bin/unet-export" "$out/train/best.safetensors" -o "$out/model.onnx" | tee "$out/parity.txt"
+"$bin/unet-export" "$out/train/best.safetensors" -o "$out/model.onnx" --report "$out/parity.json" | tee "$out/parity.txt"
 echo "== 3/4 held-out synthetic frames"
 "$bin/unet-train" demo-data --out "$out/heldout" --count 6 --seed 9001 >/dev/null
 echo "== 4/4 inference with tract"
@@ -48,7 +48,7 @@ Done. Everything is in $out/:
   train/best.safetensors   weights + config (self-describing)
   train/curves.png         loss and Dice curves;  train/val_preview.png  predictions
   train/metrics.jsonl      per-epoch metrics
-  model.onnx               exported graph;  parity.txt  candle vs tract/onnxruntime
+  model.onnx               exported graph;  parity.txt / parity.json  candle vs tract/onnxruntime
   masks/                   mask and overlay PNGs of held-out frames (tract)
 Validation Dice (last epoch): ${dice:-see train/metrics.jsonl}
 TXT

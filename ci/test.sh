@@ -31,4 +31,12 @@ e2e="$(mktemp -d)"
 QUICKSTART_PROFILE=debug QUICKSTART_ARGS="--epochs 1 --demo-count 16 --image-size 64x64 --quiet" \
   bash ci/quickstart.sh --out "$e2e"
 .venv/bin/python -c "import onnx, sys; onnx.checker.check_model(sys.argv[1], full_check=True); print('onnx.checker: ok')" "$e2e/model.onnx"
+echo "== parity gate for users' CI (ci/parity.sh): golden outputs saved, then compared"
+target/debug/unet-export golden "$e2e/train/best.safetensors" -o "$e2e/golden"
+bash ci/parity.sh "$e2e/train/best.safetensors" "$e2e/model.onnx" --golden "$e2e/golden" --report "$e2e/gate.json"
+.venv/bin/python -c "import json, sys; assert all(json.load(open(f))['passed'] for f in sys.argv[1:])" \
+  "$e2e/gate.json" "$e2e/gate.golden.json"
+if bash ci/parity.sh fixtures/unet/weights.safetensors "$e2e/model.onnx" 2>/dev/null; then
+  echo "ci/parity.sh passed a graph that is not the model's" >&2; exit 1
+fi
 rm -rf "$e2e"

@@ -418,6 +418,65 @@ impl Report {
     pub fn passed(&self) -> bool {
         !self.backends.is_empty() && self.backends.iter().all(BackendReport::passed)
     }
+
+    /// The machine-readable form of the tables, for CI artefacts and dashboards.
+    /// Non-finite errors (a NaN output) become `null`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let backends: Vec<_> = self
+            .backends
+            .iter()
+            .map(|b| {
+                let rows: Vec<_> = b
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        let mut row = json!({
+                            "case": r.case,
+                            "input_shape": r.input_shape,
+                            "output_shape": r.output_shape,
+                        });
+                        match &r.result {
+                            Ok(s) => {
+                                row["max_abs"] = json!(s.max_abs);
+                                row["max_rel"] = json!(s.max_rel);
+                                row["mean_abs"] = json!(s.mean_abs);
+                                row["dice"] = json!(s.dice);
+                                row["mismatches"] = json!(s.mismatches);
+                                row["count"] = json!(s.count);
+                                row["passed"] = json!(s.passed());
+                            }
+                            Err(e) => {
+                                row["error"] = json!(e);
+                                row["passed"] = json!(false);
+                            }
+                        }
+                        row
+                    })
+                    .collect();
+                json!({
+                    "backend": b.backend,
+                    "provider": b.provider,
+                    "error": b.error,
+                    "passed": b.passed(),
+                    "cases": rows,
+                })
+            })
+            .collect();
+        let skipped: Vec<_> = self
+            .skipped
+            .iter()
+            .map(|(name, why)| json!({ "backend": name, "reason": why }))
+            .collect();
+        json!({
+            "reference": self.reference,
+            "atol": self.tolerance.atol,
+            "rtol": self.tolerance.rtol,
+            "passed": self.passed(),
+            "backends": backends,
+            "skipped": skipped,
+        })
+    }
 }
 
 fn shape_str(s: &[usize; 4]) -> String {

@@ -126,6 +126,9 @@ struct CheckFlags {
     /// Seed of the check's random inputs and synthetic frames.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also write the parity report as JSON (written whether the check passes or not).
+    #[arg(long, value_name = "FILE.json", conflicts_with = "no_check")]
+    report: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -144,6 +147,9 @@ struct CheckArgs {
     rtol: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also write the parity report as JSON (written whether the check passes or not).
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -341,6 +347,7 @@ fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         )
         .with_context(|| format!("checking {}", output.display()))?;
         println!("{report}");
+        write_json_report(&report, args.check.report.as_deref())?;
         if !report.passed() {
             eprintln!(
                 "error: {} does not match {} within tolerance; not written",
@@ -363,13 +370,23 @@ fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(report: &Report) -> ExitCode {
+fn write_json_report(report: &Report, path: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        let json = serde_json::to_string_pretty(&report.to_json())? + "\n";
+        io::atomic_write(path, json.as_bytes())
+            .with_context(|| format!("writing the parity report {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_report(report: &Report, json: Option<&Path>) -> anyhow::Result<ExitCode> {
     println!("{report}");
-    if report.passed() {
+    write_json_report(report, json)?;
+    Ok(if report.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
-    }
+    })
 }
 
 fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -383,7 +400,7 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             let report = golden::check_golden(dir, onnx, &opts).with_context(|| {
                 format!("checking {} against {}", onnx.display(), dir.display())
             })?;
-            Ok(print_report(&report))
+            print_report(&report, args.report.as_deref())
         }
         (None, [model, onnx]) => {
             let loaded = load(model, &args.source)?;
@@ -395,7 +412,7 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             };
             let report = check::check_model(&loaded.model, &loaded.preprocessing, onnx, &opts)
                 .with_context(|| format!("checking {}", onnx.display()))?;
-            Ok(print_report(&report))
+            print_report(&report, args.report.as_deref())
         }
         (Some(_), _) => bail!("with --golden DIR give only the ONNX file"),
         (None, _) => bail!("give MODEL.safetensors and MODEL.onnx (or --golden DIR MODEL.onnx)"),

@@ -32,14 +32,21 @@ fn assert_only(dir: &Path, names: &[&str]) {
     assert_eq!(found, names);
 }
 
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 #[test]
 fn export_runs_its_check_and_writes_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("unet.onnx");
+    let json = dir.path().join("parity.json");
     let o = unet_export(&[
         weights("unet").to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
+        "--report",
+        json.to_str().unwrap(),
         "--fold-bn",
         "--head",
         "sigmoid",
@@ -50,7 +57,17 @@ fn export_runs_its_check_and_writes_the_file() {
     assert!(stdout.contains("frames 72x80"), "{stdout}");
     assert!(stdout.contains("parity: PASS"), "{stdout}");
     assert!(out.is_file());
-    assert_only(dir.path(), &["unet.onnx"]);
+    assert_only(dir.path(), &["parity.json", "unet.onnx"]);
+    let report = read_json(&json);
+    assert_eq!(report["passed"], true);
+    let tract = &report["backends"][0];
+    assert_eq!(tract["backend"], "tract");
+    let cases = tract["cases"].as_array().unwrap();
+    // Two sizes, random inputs and synthetic frames each.
+    assert_eq!(cases.len(), 4, "{report}");
+    assert!(cases.iter().all(|c| c["max_abs"].as_f64().unwrap() < 1e-4
+        && c["dice"].as_f64().unwrap() > 0.99
+        && c["input_shape"][0] == 2));
 
     // The `check` subcommand on the written file, and on a damaged copy (exit 2).
     let o = unet_export(&[
@@ -81,9 +98,16 @@ fn export_runs_its_check_and_writes_the_file() {
         "check",
         weights("unet").to_str().unwrap(),
         bad.to_str().unwrap(),
+        "--report",
+        json.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
     assert!(text(&o).0.contains("parity: FAIL"));
+    let report = read_json(&json);
+    assert_eq!(report["passed"], false);
+    let case = &report["backends"][0]["cases"][0];
+    assert_eq!(case["passed"], false);
+    assert!(case["mismatches"].as_u64().unwrap() > 0, "{report}");
 
     // Golden outputs written once, compared later without the weights.
     let golden = dir.path().join("golden");
