@@ -3,6 +3,8 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use crate::cpu_kernels;
+
 /// PyTorch's BatchNorm defaults.
 pub const BN_MOMENTUM: f64 = 0.1;
 pub const BN_EPS: f64 = 1e-5;
@@ -14,7 +16,11 @@ pub fn conv2d(
     bias: Option<&Tensor>,
     padding: usize,
 ) -> candle_core::Result<Tensor> {
-    let y = x.conv2d(weight, padding, 1, 1, 1)?;
+    let y = if x.device().is_cpu() {
+        cpu_kernels::conv2d(x, weight, padding)?
+    } else {
+        x.conv2d(weight, padding, 1, 1, 1)?
+    };
     add_channel_bias(y, bias)
 }
 
@@ -44,6 +50,15 @@ fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Ten
 /// with a constant mask, so autograd routes the gradient to the maximum (split
 /// evenly between ties) through `avg_pool2d`, whose backward is exact.
 pub fn max_pool2x2(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() {
+        cpu_kernels::max_pool2x2(x)
+    } else {
+        max_pool2x2_composed(x)
+    }
+}
+
+/// [`max_pool2x2`] from candle ops (any device); ties share the gradient.
+pub fn max_pool2x2_composed(x: &Tensor) -> candle_core::Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let constant = x.detach();
     let max = constant.max_pool2d(2)?;
@@ -87,6 +102,32 @@ pub fn batch_norm_train(
     weight: &Tensor,
     bias: &Tensor,
 ) -> candle_core::Result<(Tensor, BatchStats)> {
+    if !x.device().is_cpu() {
+        return batch_norm_train_composed(x, weight, bias);
+    }
+    let (n, _, h, w) = x.dims4()?;
+    let (y, mean, var) = cpu_kernels::batch_norm_train(x, weight, bias, BN_EPS)?;
+    let stats = BatchStats {
+        mean,
+        unbiased_var: (var * bessel_correction(n * h * w))?,
+    };
+    Ok((y, stats))
+}
+
+fn bessel_correction(count: usize) -> f64 {
+    if count > 1 {
+        count as f64 / (count - 1) as f64
+    } else {
+        1.0
+    }
+}
+
+/// [`batch_norm_train`] from candle ops (any device).
+pub fn batch_norm_train_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> candle_core::Result<(Tensor, BatchStats)> {
     let (n, c, h, w) = x.dims4()?;
     let count = n * h * w;
     // [N, C, H, W] -> [C, N*H*W] so the statistics are one reduction per channel.
@@ -100,14 +141,9 @@ pub fn batch_norm_train(
         .broadcast_sub(&mean.reshape((1, c, 1, 1))?)?
         .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
         .broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
-    let correction = if count > 1 {
-        count as f64 / (count - 1) as f64
-    } else {
-        1.0
-    };
     let stats = BatchStats {
         mean: mean.detach(),
-        unbiased_var: (var.detach() * correction)?,
+        unbiased_var: (var.detach() * bessel_correction(count))?,
     };
     Ok((y, stats))
 }

@@ -9,6 +9,7 @@
 
 pub mod arch;
 pub mod config;
+mod cpu_kernels;
 pub mod error;
 pub mod io;
 pub mod layers;

@@ -199,7 +199,9 @@ fn whole_network_gradients() {
         for (name, v) in &params {
             if name == "encoder.0.conv.0.weight"
                 || name.starts_with("decoder.0.attention.W_x.0.weight")
-                || name.starts_with("decoder.0.attention.psi.0.bias")
+                || name == "decoder.0.attention.psi.0.weight"
+                // A bias before a training-mode BatchNorm has zero gradient.
+                || (name == "decoder.0.attention.psi.0.bias" && !cfg.batch_norm)
                 || name == "decoder.0.up.weight"
                 || name == "decoder.1.conv.0.weight"
                 || name == "head.bias"

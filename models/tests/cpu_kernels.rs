@@ -1,0 +1,133 @@
+//! The CPU training kernels (conv, max pooling, training BatchNorm with
+//! hand-written backward passes, used by `layers` on the CPU) against candle's
+//! own ops composed the slow way: outputs, gradients and running statistics.
+//! The finite-difference checks in `gradients.rs` cover them in f64 as well.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use unet_models::layers;
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+/// Output and gradients (w.r.t. each var) of `sum(f(vars) * weights)`.
+fn value_and_grads(vars: &[&Var], f: impl Fn(&[&Tensor]) -> Tensor) -> (Tensor, Vec<Tensor>) {
+    let inputs: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+    let out = f(&inputs);
+    let weights = random(out.dims(), 77);
+    let grads = out
+        .mul(&weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g = vars
+        .iter()
+        .map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
+        .collect();
+    (out, g)
+}
+
+fn assert_close(label: &str, a: &Tensor, b: &Tensor, tol: f32) {
+    let d = max_abs_diff(a, b);
+    assert!(d < tol, "{label}: max abs difference {d:e} >= {tol:e}");
+}
+
+#[test]
+fn conv2d_matches_candle_conv_and_its_backward() {
+    for (shape, cout, padding) in [([2, 3, 9, 11], 4, 1), ([1, 5, 12, 10], 3, 0)] {
+        let x = Var::from_tensor(&random(&shape, 1)).unwrap();
+        let w = Var::from_tensor(&random(&[cout, shape[1], 3, 3], 2)).unwrap();
+        let (ours, our_grads) = value_and_grads(&[&x, &w], |t| {
+            layers::conv2d(t[0], t[1], None, padding).unwrap()
+        });
+        let (theirs, their_grads) =
+            value_and_grads(&[&x, &w], |t| t[0].conv2d(t[1], padding, 1, 1, 1).unwrap());
+        assert_close("conv output", &ours, &theirs, 1e-5);
+        assert_close("conv dx", &our_grads[0], &their_grads[0], 1e-4);
+        assert_close("conv dw", &our_grads[1], &their_grads[1], 1e-4);
+    }
+}
+
+#[test]
+fn max_pool_matches_the_composed_pool_including_odd_sizes() {
+    for shape in [[2, 3, 8, 6], [1, 2, 7, 9]] {
+        let x = Var::from_tensor(&random(&shape, 3)).unwrap();
+        let (ours, g1) = value_and_grads(&[&x], |t| layers::max_pool2x2(t[0]).unwrap());
+        let (theirs, g2) = value_and_grads(&[&x], |t| layers::max_pool2x2_composed(t[0]).unwrap());
+        assert_eq!(
+            ours.dims(),
+            &[shape[0], shape[1], shape[2] / 2, shape[3] / 2]
+        );
+        assert_close("pool output", &ours, &theirs, 0.0 + f32::MIN_POSITIVE);
+        assert_close("pool dx", &g1[0], &g2[0], f32::MIN_POSITIVE);
+    }
+}
+
+#[test]
+fn max_pool_ties_route_the_gradient_to_the_first_maximum_as_pytorch() {
+    let x =
+        Var::from_tensor(&Tensor::ones((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let y = layers::max_pool2x2(x.as_tensor()).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let dx: Vec<f32> = g
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(dx, vec![1.0, 0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn batch_norm_train_matches_the_composed_batch_norm() {
+    let shape = [3, 4, 5, 6];
+    let x = Var::from_tensor(&random(&shape, 4).affine(3.0, 1.5).unwrap()).unwrap();
+    let gamma = Var::from_tensor(&random(&[4], 5)).unwrap();
+    let beta = Var::from_tensor(&random(&[4], 6)).unwrap();
+    let vars = [&x, &gamma, &beta];
+    let (ours, g1) = value_and_grads(&vars, |t| {
+        layers::batch_norm_train(t[0], t[1], t[2]).unwrap().0
+    });
+    let (theirs, g2) = value_and_grads(&vars, |t| {
+        layers::batch_norm_train_composed(t[0], t[1], t[2])
+            .unwrap()
+            .0
+    });
+    assert_close("bn output", &ours, &theirs, 1e-5);
+    for (name, a, b) in [
+        ("dx", &g1[0], &g2[0]),
+        ("dgamma", &g1[1], &g2[1]),
+        ("dbeta", &g1[2], &g2[2]),
+    ] {
+        assert_close(name, a, b, 1e-4);
+    }
+    let (_, s1) =
+        layers::batch_norm_train(x.as_tensor(), gamma.as_tensor(), beta.as_tensor()).unwrap();
+    let (_, s2) =
+        layers::batch_norm_train_composed(x.as_tensor(), gamma.as_tensor(), beta.as_tensor())
+            .unwrap();
+    assert_close("running mean", &s1.mean, &s2.mean, 1e-5);
+    assert_close("running var", &s1.unbiased_var, &s2.unbiased_var, 1e-4);
+}
