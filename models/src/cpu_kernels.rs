@@ -242,6 +242,56 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(MaxPool2x2)
 }
 
+/// `max(x, 0)`; the gradient passes where the output is positive (candle's
+/// own ReLU backward builds a zeros tensor, a mask and a cast first).
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "unet-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn run<T: Elem>(x: &[T]) -> Vec<T> {
+            let zero = <T as Elem>::zero();
+            x.par_iter()
+                .map(|&v| if v > zero { v } else { zero })
+                .collect()
+        }
+        let out = match s {
+            CpuStorage::F32(_) => f32::to_cpu_storage_owned(run::<f32>(slice(s, l, self.name())?)),
+            CpuStorage::F64(_) => f64::to_cpu_storage_owned(run::<f64>(slice(s, l, self.name())?)),
+            _ => bail!("{}: only f32 and f64 are supported", self.name()),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        fn run<T: Elem>(res: &Tensor, grad: &Tensor) -> Result<Tensor> {
+            let zero = <T as Elem>::zero();
+            with_data::<T, _>(res, |y| {
+                with_data::<T, _>(grad, |g| {
+                    let dx: Vec<T> = y
+                        .par_iter()
+                        .zip(g.par_iter())
+                        .map(|(&y, &g)| if y > zero { g } else { zero })
+                        .collect();
+                    Tensor::from_vec(dx, res.shape(), &Device::Cpu)
+                })
+            })
+        }
+        Ok(Some(match res.dtype() {
+            candle_core::DType::F32 => run::<f32>(res, grad)?,
+            candle_core::DType::F64 => run::<f64>(res, grad)?,
+            dt => bail!("{}: unsupported dtype {dt:?}", self.name()),
+        }))
+    }
+}
+
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Relu)
+}
+
 /// Per-channel mean and biased variance of the last training forward pass.
 type ChannelStats = Arc<Mutex<(Vec<f64>, Vec<f64>)>>;
 

@@ -42,6 +42,15 @@ fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Ten
     }
 }
 
+/// `max(x, 0)`.
+pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() {
+        cpu_kernels::relu(x)
+    } else {
+        x.relu()
+    }
+}
+
 /// 2x2 max pooling, stride 2, with a correct gradient.
 ///
 /// candle 0.11's `max_pool2d` backward multiplies the gradient by the mean of

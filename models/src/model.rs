@@ -224,7 +224,7 @@ impl UNet {
                     layers::conv2d(input(0)?, &param("weight")?, b.as_ref(), *padding)?
                 }
                 Op::BatchNorm2d { .. } => self.batch_norm(&node.name, input(0)?, train)?,
-                Op::Relu => input(0)?.relu()?,
+                Op::Relu => layers::relu(input(0)?)?,
                 Op::Sigmoid => candle_nn::ops::sigmoid(input(0)?)?,
                 Op::MaxPool2x2 => layers::max_pool2x2(input(0)?)?,
                 Op::Dropout { p } if train && *p > 0.0 => self.dropout(input(0)?, *p)?,

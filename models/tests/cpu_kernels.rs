@@ -70,6 +70,15 @@ fn conv2d_matches_candle_conv_and_its_backward() {
 }
 
 #[test]
+fn relu_matches_candle_relu() {
+    let x = Var::from_tensor(&random(&[2, 3, 5, 7], 8)).unwrap();
+    let (ours, g1) = value_and_grads(&[&x], |t| layers::relu(t[0]).unwrap());
+    let (theirs, g2) = value_and_grads(&[&x], |t| t[0].relu().unwrap());
+    assert_close("relu output", &ours, &theirs, f32::MIN_POSITIVE);
+    assert_close("relu dx", &g1[0], &g2[0], f32::MIN_POSITIVE);
+}
+
+#[test]
 fn max_pool_matches_the_composed_pool_including_odd_sizes() {
     for shape in [[2, 3, 8, 6], [1, 2, 7, 9]] {
         let x = Var::from_tensor(&random(&shape, 3)).unwrap();
