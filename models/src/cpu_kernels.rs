@@ -140,156 +140,162 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, padding: usize) -> Result<Tensor> {
         .apply_op2(&weight.contiguous()?, Conv2d { padding })
 }
 
+/// A one-input kernel in both element types: the forward pass, and the
+/// input gradient from a saved tensor (the op's input or output) and the
+/// output gradient. `dims` are the input's NCHW dims.
+trait UnaryKernel {
+    /// Whether `backward` takes the op's output (else its input).
+    const BACKWARD_FROM_OUTPUT: bool;
+    fn name(&self) -> &'static str;
+    fn output_dims(&self, dims: &[usize]) -> Vec<usize>;
+    fn forward<T: Elem>(&self, x: &[T], dims: &[usize]) -> Vec<T>;
+    fn backward<T: Elem>(&self, saved: &[T], grad: &[T], dims: &[usize]) -> Vec<T>;
+}
+
+/// The candle op of a [`UnaryKernel`].
+struct Unary<K>(K);
+
+impl<K: UnaryKernel> CustomOp1 for Unary<K> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        unary_fwd(&self.0, s, l)
+    }
+
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let saved = if K::BACKWARD_FROM_OUTPUT { res } else { x };
+        unary_bwd(&self.0, x, saved, grad).map(Some)
+    }
+}
+
+fn unary_fwd<K: UnaryKernel>(k: &K, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    let dims = l.shape().dims();
+    let out = match s {
+        CpuStorage::F32(_) => f32::to_cpu_storage_owned(k.forward(slice(s, l, k.name())?, dims)),
+        CpuStorage::F64(_) => f64::to_cpu_storage_owned(k.forward(slice(s, l, k.name())?, dims)),
+        _ => bail!("{}: only f32 and f64 are supported", k.name()),
+    };
+    Ok((out, Shape::from(k.output_dims(dims))))
+}
+
+fn unary_bwd<K: UnaryKernel>(k: &K, x: &Tensor, saved: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    fn run<T: Elem, K: UnaryKernel>(
+        k: &K,
+        x: &Tensor,
+        saved: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Tensor> {
+        with_data::<T, _>(saved, |s| {
+            with_data::<T, _>(grad, |g| {
+                Tensor::from_vec(k.backward(s, g, x.dims()), x.shape(), &Device::Cpu)
+            })
+        })
+    }
+    match x.dtype() {
+        candle_core::DType::F32 => run::<f32, K>(k, x, saved, grad),
+        candle_core::DType::F64 => run::<f64, K>(k, x, saved, grad),
+        dt => bail!("{}: unsupported dtype {dt:?}", k.name()),
+    }
+}
+
 /// 2x2 stride-2 max pooling; the gradient goes to the first maximum of each
 /// window, as PyTorch's; odd trailing rows and columns are dropped.
 struct MaxPool2x2;
 
-fn max_pool_fwd<T: Elem>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
-    let (ho, wo) = (h / 2, w / 2);
-    let mut out = vec![<T as Elem>::zero(); planes * ho * wo];
-    out.par_chunks_mut(ho * wo)
-        .zip(x.par_chunks(h * w))
-        .for_each(|(out, x)| {
-            for y in 0..ho {
-                let (r0, r1) = (&x[2 * y * w..], &x[(2 * y + 1) * w..]);
-                for (xo, o) in out[y * wo..(y + 1) * wo].iter_mut().enumerate() {
-                    let c = 2 * xo;
-                    *o = Elem::max(Elem::max(r0[c], r0[c + 1]), Elem::max(r1[c], r1[c + 1]));
-                }
-            }
-        });
-    out
-}
+impl UnaryKernel for MaxPool2x2 {
+    const BACKWARD_FROM_OUTPUT: bool = false;
 
-fn max_pool_bwd<T: Elem>(x: &[T], grad: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
-    let (ho, wo) = (h / 2, w / 2);
-    let mut dx = vec![<T as Elem>::zero(); planes * h * w];
-    dx.par_chunks_mut(h * w)
-        .zip(x.par_chunks(h * w))
-        .zip(grad.par_chunks(ho * wo))
-        .for_each(|((dx, x), g)| {
-            for y in 0..ho {
-                for xo in 0..wo {
-                    let corners = [
-                        2 * y * w + 2 * xo,
-                        2 * y * w + 2 * xo + 1,
-                        (2 * y + 1) * w + 2 * xo,
-                        (2 * y + 1) * w + 2 * xo + 1,
-                    ];
-                    // First maximum in row-major order, as PyTorch's argmax.
-                    let mut best = corners[0];
-                    for &i in &corners[1..] {
-                        if x[i] > x[best] {
-                            best = i;
-                        }
-                    }
-                    dx[best] = g[y * wo + xo];
-                }
-            }
-        });
-    dx
-}
-
-impl CustomOp1 for MaxPool2x2 {
     fn name(&self) -> &'static str {
         "unet-max-pool2x2"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l.shape().dims4()?;
-        let shape = Shape::from((n, c, h / 2, w / 2));
-        let out = match s {
-            CpuStorage::F32(_) => {
-                f32::to_cpu_storage_owned(max_pool_fwd(slice(s, l, self.name())?, n * c, h, w))
-            }
-            CpuStorage::F64(_) => {
-                f64::to_cpu_storage_owned(max_pool_fwd(slice(s, l, self.name())?, n * c, h, w))
-            }
-            _ => bail!("{}: only f32 and f64 are supported", self.name()),
-        };
-        Ok((out, shape))
+    fn output_dims(&self, d: &[usize]) -> Vec<usize> {
+        vec![d[0], d[1], d[2] / 2, d[3] / 2]
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (n, c, h, w) = x.dims4()?;
-        let planes = n * c;
-        let dx = match x.dtype() {
-            candle_core::DType::F32 => with_data::<f32, _>(x, |xs| {
-                with_data::<f32, _>(grad, |g| {
-                    Tensor::from_vec(
-                        max_pool_bwd(xs, g, planes, h, w),
-                        (n, c, h, w),
-                        &Device::Cpu,
-                    )
-                })
-            })?,
-            candle_core::DType::F64 => with_data::<f64, _>(x, |xs| {
-                with_data::<f64, _>(grad, |g| {
-                    Tensor::from_vec(
-                        max_pool_bwd(xs, g, planes, h, w),
-                        (n, c, h, w),
-                        &Device::Cpu,
-                    )
-                })
-            })?,
-            dt => bail!("{}: unsupported dtype {dt:?}", self.name()),
-        };
-        Ok(Some(dx))
+    fn forward<T: Elem>(&self, x: &[T], d: &[usize]) -> Vec<T> {
+        let (h, w) = (d[2], d[3]);
+        let (ho, wo) = (h / 2, w / 2);
+        let mut out = vec![<T as Elem>::zero(); d[0] * d[1] * ho * wo];
+        out.par_chunks_mut(ho * wo)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(out, x)| {
+                for y in 0..ho {
+                    let (r0, r1) = (&x[2 * y * w..], &x[(2 * y + 1) * w..]);
+                    for (xo, o) in out[y * wo..(y + 1) * wo].iter_mut().enumerate() {
+                        let c = 2 * xo;
+                        *o = Elem::max(Elem::max(r0[c], r0[c + 1]), Elem::max(r1[c], r1[c + 1]));
+                    }
+                }
+            });
+        out
+    }
+
+    fn backward<T: Elem>(&self, x: &[T], grad: &[T], d: &[usize]) -> Vec<T> {
+        let (h, w) = (d[2], d[3]);
+        let (ho, wo) = (h / 2, w / 2);
+        let mut dx = vec![<T as Elem>::zero(); x.len()];
+        dx.par_chunks_mut(h * w)
+            .zip(x.par_chunks(h * w))
+            .zip(grad.par_chunks(ho * wo))
+            .for_each(|((dx, x), g)| {
+                for y in 0..ho {
+                    for xo in 0..wo {
+                        let top = 2 * y * w + 2 * xo;
+                        // First maximum in row-major order, as PyTorch's argmax.
+                        let mut best = top;
+                        for i in [top + 1, top + w, top + w + 1] {
+                            if x[i] > x[best] {
+                                best = i;
+                            }
+                        }
+                        dx[best] = g[y * wo + xo];
+                    }
+                }
+            });
+        dx
     }
 }
 
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(MaxPool2x2)
+    x.contiguous()?.apply_op1(Unary(MaxPool2x2))
 }
 
 /// `max(x, 0)`; the gradient passes where the output is positive (candle's
 /// own ReLU backward builds a zeros tensor, a mask and a cast first).
 struct Relu;
 
-impl CustomOp1 for Relu {
+impl UnaryKernel for Relu {
+    const BACKWARD_FROM_OUTPUT: bool = true;
+
     fn name(&self) -> &'static str {
         "unet-relu"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        fn run<T: Elem>(x: &[T]) -> Vec<T> {
-            let zero = <T as Elem>::zero();
-            x.par_iter()
-                .map(|&v| if v > zero { v } else { zero })
-                .collect()
-        }
-        let out = match s {
-            CpuStorage::F32(_) => f32::to_cpu_storage_owned(run::<f32>(slice(s, l, self.name())?)),
-            CpuStorage::F64(_) => f64::to_cpu_storage_owned(run::<f64>(slice(s, l, self.name())?)),
-            _ => bail!("{}: only f32 and f64 are supported", self.name()),
-        };
-        Ok((out, l.shape().clone()))
+    fn output_dims(&self, dims: &[usize]) -> Vec<usize> {
+        dims.to_vec()
     }
 
-    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        fn run<T: Elem>(res: &Tensor, grad: &Tensor) -> Result<Tensor> {
-            let zero = <T as Elem>::zero();
-            with_data::<T, _>(res, |y| {
-                with_data::<T, _>(grad, |g| {
-                    let dx: Vec<T> = y
-                        .par_iter()
-                        .zip(g.par_iter())
-                        .map(|(&y, &g)| if y > zero { g } else { zero })
-                        .collect();
-                    Tensor::from_vec(dx, res.shape(), &Device::Cpu)
-                })
-            })
-        }
-        Ok(Some(match res.dtype() {
-            candle_core::DType::F32 => run::<f32>(res, grad)?,
-            candle_core::DType::F64 => run::<f64>(res, grad)?,
-            dt => bail!("{}: unsupported dtype {dt:?}", self.name()),
-        }))
+    fn forward<T: Elem>(&self, x: &[T], _: &[usize]) -> Vec<T> {
+        let zero = <T as Elem>::zero();
+        x.par_iter()
+            .map(|&v| if v > zero { v } else { zero })
+            .collect()
+    }
+
+    fn backward<T: Elem>(&self, y: &[T], grad: &[T], _: &[usize]) -> Vec<T> {
+        let zero = <T as Elem>::zero();
+        y.par_iter()
+            .zip(grad.par_iter())
+            .map(|(&y, &g)| if y > zero { g } else { zero })
+            .collect()
     }
 }
 
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Relu)
+    x.contiguous()?.apply_op1(Unary(Relu))
 }
 
 /// Per-channel mean and biased variance of the last training forward pass.

@@ -3,37 +3,17 @@
 //! own ops composed the slow way: outputs, gradients and running statistics.
 //! The finite-difference checks in `gradients.rs` cover them in f64 as well.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use common::{max_abs_diff, seeded};
 use unet_models::layers;
-
-fn random(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
 
 /// Output and gradients (w.r.t. each var) of `sum(f(vars) * weights)`.
 fn value_and_grads(vars: &[&Var], f: impl Fn(&[&Tensor]) -> Tensor) -> (Tensor, Vec<Tensor>) {
     let inputs: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
     let out = f(&inputs);
-    let weights = random(out.dims(), 77);
+    let weights = seeded(out.dims(), 77);
     let grads = out
         .mul(&weights)
         .unwrap()
@@ -56,8 +36,8 @@ fn assert_close(label: &str, a: &Tensor, b: &Tensor, tol: f32) {
 #[test]
 fn conv2d_matches_candle_conv_and_its_backward() {
     for (shape, cout, padding) in [([2, 3, 9, 11], 4, 1), ([1, 5, 12, 10], 3, 0)] {
-        let x = Var::from_tensor(&random(&shape, 1)).unwrap();
-        let w = Var::from_tensor(&random(&[cout, shape[1], 3, 3], 2)).unwrap();
+        let x = Var::from_tensor(&seeded(&shape, 1)).unwrap();
+        let w = Var::from_tensor(&seeded(&[cout, shape[1], 3, 3], 2)).unwrap();
         let (ours, our_grads) = value_and_grads(&[&x, &w], |t| {
             layers::conv2d(t[0], t[1], None, padding).unwrap()
         });
@@ -71,7 +51,7 @@ fn conv2d_matches_candle_conv_and_its_backward() {
 
 #[test]
 fn relu_matches_candle_relu() {
-    let x = Var::from_tensor(&random(&[2, 3, 5, 7], 8)).unwrap();
+    let x = Var::from_tensor(&seeded(&[2, 3, 5, 7], 8)).unwrap();
     let (ours, g1) = value_and_grads(&[&x], |t| layers::relu(t[0]).unwrap());
     let (theirs, g2) = value_and_grads(&[&x], |t| t[0].relu().unwrap());
     assert_close("relu output", &ours, &theirs, f32::MIN_POSITIVE);
@@ -81,7 +61,7 @@ fn relu_matches_candle_relu() {
 #[test]
 fn max_pool_matches_the_composed_pool_including_odd_sizes() {
     for shape in [[2, 3, 8, 6], [1, 2, 7, 9]] {
-        let x = Var::from_tensor(&random(&shape, 3)).unwrap();
+        let x = Var::from_tensor(&seeded(&shape, 3)).unwrap();
         let (ours, g1) = value_and_grads(&[&x], |t| layers::max_pool2x2(t[0]).unwrap());
         let (theirs, g2) = value_and_grads(&[&x], |t| layers::max_pool2x2_composed(t[0]).unwrap());
         assert_eq!(
@@ -112,9 +92,9 @@ fn max_pool_ties_route_the_gradient_to_the_first_maximum_as_pytorch() {
 #[test]
 fn batch_norm_train_matches_the_composed_batch_norm() {
     let shape = [3, 4, 5, 6];
-    let x = Var::from_tensor(&random(&shape, 4).affine(3.0, 1.5).unwrap()).unwrap();
-    let gamma = Var::from_tensor(&random(&[4], 5)).unwrap();
-    let beta = Var::from_tensor(&random(&[4], 6)).unwrap();
+    let x = Var::from_tensor(&seeded(&shape, 4).affine(3.0, 1.5).unwrap()).unwrap();
+    let gamma = Var::from_tensor(&seeded(&[4], 5)).unwrap();
+    let beta = Var::from_tensor(&seeded(&[4], 6)).unwrap();
     let vars = [&x, &gamma, &beta];
     let (ours, g1) = value_and_grads(&vars, |t| {
         layers::batch_norm_train(t[0], t[1], t[2]).unwrap().0

@@ -1,9 +1,12 @@
 //! Config, size rules, dropout, and the safetensors load path with its errors.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use common::{max_abs_diff, seeded};
 use unet_models::io::{self, ConfigSource};
 use unet_models::{Graph, ModelError, Preprocessing, UNet, UNetConfig, PRESET_NAMES};
 
@@ -346,27 +349,4 @@ fn saving_into_a_missing_directory_fails_cleanly() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("no/such/dir"), "{err}");
-}
-
-/// Uniform [-1, 1) values from a fixed seed, so tests are reproducible.
-fn seeded(shape: &[usize], seed: u64) -> Tensor {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let data: Vec<f32> = (0..shape.iter().product())
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    a.sub(b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
