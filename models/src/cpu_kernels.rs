@@ -60,31 +60,211 @@ fn with_data<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> 
     f(slice(cpu, layout, "cpu kernel")?)
 }
 
-fn tensor_of(s: &CpuStorage, l: &Layout, op: &str) -> Result<Tensor> {
-    match s {
-        CpuStorage::F32(_) => Tensor::from_slice(slice::<f32>(s, l, op)?, l.shape(), &Device::Cpu),
-        CpuStorage::F64(_) => Tensor::from_slice(slice::<f64>(s, l, op)?, l.shape(), &Device::Cpu),
-        _ => bail!("{op}: only f32 and f64 are supported"),
+/// Geometry of a stride-1 square-kernel convolution.
+#[derive(Clone, Copy)]
+struct ConvShape {
+    cin: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    padding: usize,
+}
+
+impl ConvShape {
+    fn out_hw(&self) -> (usize, usize) {
+        (
+            self.h + 2 * self.padding + 1 - self.k,
+            self.w + 2 * self.padding + 1 - self.k,
+        )
+    }
+
+    /// Output rows per im2col tile: about 4096 output pixels, so a tile is a
+    /// wide enough matrix for gemm and its patch matrix stays in the caches' reach.
+    fn tile_rows(&self) -> usize {
+        let (ho, wo) = self.out_hw();
+        (4096 / wo.max(1)).clamp(1, ho.max(1))
     }
 }
 
-fn storage_of(t: &Tensor) -> Result<(CpuStorage, Shape)> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        bail!("cpu kernel on a non-CPU tensor")
-    };
-    let owned = match cpu {
-        CpuStorage::F32(_) => f32::to_cpu_storage_owned(slice::<f32>(cpu, layout, "")?.to_vec()),
-        CpuStorage::F64(_) => f64::to_cpu_storage_owned(slice::<f64>(cpu, layout, "")?.to_vec()),
-        _ => bail!("cpu kernel: only f32 and f64 are supported"),
-    };
-    Ok((owned, layout.shape().clone()))
+/// Patch matrix of output rows `y0..y1` of one image: row `(ci·k + ky)·k + kx`
+/// holds the input pixels under kernel tap (ky, kx) of channel ci, zero outside.
+fn im2col<T: Elem>(x: &[T], s: ConvShape, y0: usize, y1: usize, col: &mut [T]) {
+    let (_, wo) = s.out_hw();
+    let n = (y1 - y0) * wo;
+    let zero = <T as Elem>::zero();
+    col[..s.cin * s.k * s.k * n]
+        .par_chunks_mut(s.k * s.k * n)
+        .enumerate()
+        .for_each(|(ci, taps)| {
+            let plane = &x[ci * s.h * s.w..(ci + 1) * s.h * s.w];
+            for (tap, row) in taps.chunks_mut(n).enumerate() {
+                let (ky, kx) = (tap / s.k, tap % s.k);
+                // Output columns whose input column kx + x - padding is inside.
+                let x_lo = s.padding.saturating_sub(kx).min(wo);
+                let x_hi = (s.w + s.padding).saturating_sub(kx).clamp(x_lo, wo);
+                for (r, y) in (y0..y1).enumerate() {
+                    let out = &mut row[r * wo..(r + 1) * wo];
+                    let iy = (y + ky).wrapping_sub(s.padding);
+                    if iy >= s.h {
+                        out.fill(zero);
+                        continue;
+                    }
+                    out[..x_lo].fill(zero);
+                    let src = iy * s.w + x_lo + kx - s.padding;
+                    out[x_lo..x_hi].copy_from_slice(&plane[src..src + x_hi - x_lo]);
+                    out[x_hi..].fill(zero);
+                }
+            }
+        });
 }
 
-/// Stride-1 convolution `x [N, Cin, H, W] * w [Cout, Cin, k, k]` with zero padding.
+/// `dst[m × n] (+)= lhs[m × k] · rhs[k × n]`, matrices given by (row, column) strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: Elem>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: &[T],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[T],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    let last = |rs: usize, cs: usize, rows: usize, cols: usize| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    assert!(m == 0 || n == 0 || last(dst_rs, dst_cs, m, n) < dst.len());
+    assert!(m == 0 || k == 0 || last(lhs_rs, lhs_cs, m, k) < lhs.len());
+    assert!(k == 0 || n == 0 || last(rhs_rs, rhs_cs, k, n) < rhs.len());
+    // SAFETY: the asserts keep every strided access inside the slices; `dst`
+    // is borrowed mutably, so it cannot alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::of(1.0),
+            T::of(1.0),
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    }
+}
+
+/// `y[b] = W · im2col(x[b])`: `x [N, Cin, H, W]`, `weight [Cout, Cin, k, k]` flat.
+fn conv_forward<T: Elem>(x: &[T], weight: &[T], n: usize, cout: usize, s: ConvShape) -> Vec<T> {
+    let (ho, wo) = s.out_hw();
+    let kk = s.cin * s.k * s.k;
+    let rows = s.tile_rows();
+    let mut y = vec![<T as Elem>::zero(); n * cout * ho * wo];
+    let mut col = vec![<T as Elem>::zero(); kk * rows * wo];
+    for b in 0..n {
+        let image = &x[b * s.cin * s.h * s.w..(b + 1) * s.cin * s.h * s.w];
+        let out = &mut y[b * cout * ho * wo..(b + 1) * cout * ho * wo];
+        for y0 in (0..ho).step_by(rows) {
+            let y1 = (y0 + rows).min(ho);
+            let cols = (y1 - y0) * wo;
+            im2col(image, s, y0, y1, &mut col);
+            gemm(
+                (cout, cols, kk),
+                &mut out[y0 * wo..],
+                (ho * wo, 1),
+                false,
+                weight,
+                (kk, 1),
+                &col,
+                (cols, 1),
+            );
+        }
+    }
+    y
+}
+
+/// `dW = Σ_b grad[b] · im2col(x[b])ᵀ`, `[Cout, Cin·k·k]` flat.
+fn conv_weight_grad<T: Elem>(x: &[T], grad: &[T], n: usize, cout: usize, s: ConvShape) -> Vec<T> {
+    let (ho, wo) = s.out_hw();
+    let kk = s.cin * s.k * s.k;
+    let rows = s.tile_rows();
+    let mut dw = vec![<T as Elem>::zero(); cout * kk];
+    let mut col = vec![<T as Elem>::zero(); kk * rows * wo];
+    let mut first = true;
+    for b in 0..n {
+        let image = &x[b * s.cin * s.h * s.w..(b + 1) * s.cin * s.h * s.w];
+        let g = &grad[b * cout * ho * wo..(b + 1) * cout * ho * wo];
+        for y0 in (0..ho).step_by(rows) {
+            let y1 = (y0 + rows).min(ho);
+            let cols = (y1 - y0) * wo;
+            im2col(image, s, y0, y1, &mut col);
+            gemm(
+                (cout, kk, cols),
+                &mut dw,
+                (kk, 1),
+                !first,
+                &g[y0 * wo..],
+                (ho * wo, 1),
+                &col,
+                (1, cols),
+            );
+            first = false;
+        }
+    }
+    dw
+}
+
+/// The adjoint kernel of a stride-1 convolution: spatially flipped, in and
+/// out channels swapped (`[Cout, Cin, k, k]` -> `[Cin, Cout, k, k]`).
+fn adjoint_kernel<T: Elem>(w: &[T], cout: usize, cin: usize, k: usize) -> Vec<T> {
+    let mut out = vec![<T as Elem>::zero(); w.len()];
+    for o in 0..cout {
+        for i in 0..cin {
+            for t in 0..k * k {
+                out[(i * cout + o) * k * k + (k * k - 1 - t)] = w[(o * cin + i) * k * k + t];
+            }
+        }
+    }
+    out
+}
+
+/// Stride-1 convolution `x [N, Cin, H, W] * w [Cout, Cin, k, k]` with zero
+/// padding, as im2col and gemm; its input gradient is the same convolution
+/// of the output gradient with the adjoint kernel, its weight gradient one gemm per tile.
 struct Conv2d {
     padding: usize,
+}
+
+impl Conv2d {
+    fn shape(&self, x: &[usize], w: &[usize]) -> Result<(usize, usize, ConvShape)> {
+        let (&[n, cin, h, wd], &[cout, wcin, k, k2]) = (x, w) else {
+            bail!("unet-conv2d: expected rank-4 input and kernel, got {x:?} and {w:?}")
+        };
+        if wcin != cin || k != k2 || k == 0 || k > h + 2 * self.padding || k > wd + 2 * self.padding
+        {
+            bail!(
+                "unet-conv2d: input {x:?}, kernel {w:?}, padding {}",
+                self.padding
+            )
+        }
+        let s = ConvShape {
+            cin,
+            h,
+            w: wd,
+            k,
+            padding: self.padding,
+        };
+        Ok((n, cout, s))
+    }
 }
 
 impl CustomOp2 for Conv2d {
@@ -99,9 +279,26 @@ impl CustomOp2 for Conv2d {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = tensor_of(s1, l1, self.name())?;
-        let w = tensor_of(s2, l2, self.name())?;
-        storage_of(&x.conv2d(&w, self.padding, 1, 1, 1)?)
+        let (n, cout, s) = self.shape(l1.dims(), l2.dims())?;
+        let (ho, wo) = s.out_hw();
+        let y = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => f32::to_cpu_storage_owned(conv_forward(
+                slice(s1, l1, self.name())?,
+                slice(s2, l2, self.name())?,
+                n,
+                cout,
+                s,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => f64::to_cpu_storage_owned(conv_forward(
+                slice(s1, l1, self.name())?,
+                slice(s2, l2, self.name())?,
+                n,
+                cout,
+                s,
+            )),
+            _ => bail!("{}: f32 or f64 input and kernel of one type", self.name()),
+        };
+        Ok((y, Shape::from((n, cout, ho, wo))))
     }
 
     fn bwd(
@@ -111,25 +308,40 @@ impl CustomOp2 for Conv2d {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (_, _, kh, kw) = w.dims4()?;
-        if kh != kw || kh < self.padding + 1 {
-            bail!(
-                "{}: kernel {kh}x{kw} with padding {}",
-                self.name(),
-                self.padding
-            );
+        fn run<T: Elem>(
+            op: &Conv2d,
+            x: &Tensor,
+            w: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Tensor, Tensor)> {
+            let (n, cout, s) = op.shape(x.dims(), w.dims())?;
+            let (ho, wo) = s.out_hw();
+            with_data::<T, _>(x, |xs| {
+                with_data::<T, _>(w, |ws| {
+                    with_data::<T, _>(grad, |g| {
+                        let adjoint = adjoint_kernel(ws, cout, s.cin, s.k);
+                        let back = ConvShape {
+                            cin: cout,
+                            h: ho,
+                            w: wo,
+                            k: s.k,
+                            padding: s.k - 1 - s.padding,
+                        };
+                        let dx = conv_forward(g, &adjoint, n, s.cin, back);
+                        let dw = conv_weight_grad(xs, g, n, cout, s);
+                        Ok((
+                            Tensor::from_vec(dx, x.shape(), &Device::Cpu)?,
+                            Tensor::from_vec(dw, w.shape(), &Device::Cpu)?,
+                        ))
+                    })
+                })
+            })
         }
-        // The adjoint of a stride-1 convolution is the convolution of the
-        // gradient with the spatially flipped kernel, in and out swapped.
-        let w_adjoint = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
-        let grad = grad.contiguous()?;
-        let dx = grad.conv2d(&w_adjoint, kh - 1 - self.padding, 1, 1, 1)?;
-        // dW[o, i] = sum over batch and pixels of grad[o] * shifted x[i]: a
-        // convolution of x (batch and channels swapped) with the gradient.
-        let dw = x
-            .transpose(0, 1)?
-            .conv2d(&grad.transpose(0, 1)?, self.padding, 1, 1, 1)?
-            .transpose(0, 1)?;
+        let (dx, dw) = match x.dtype() {
+            candle_core::DType::F32 => run::<f32>(self, x, w, grad)?,
+            candle_core::DType::F64 => run::<f64>(self, x, w, grad)?,
+            dt => bail!("{}: unsupported dtype {dt:?}", self.name()),
+        };
         Ok((Some(dx), Some(dw)))
     }
 }
