@@ -30,7 +30,11 @@ pub fn conv_transpose2x2(
     weight: &Tensor,
     bias: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let y = x.conv_transpose2d(weight, 0, 0, 2, 1)?;
+    let y = if x.device().is_cpu() {
+        cpu_kernels::conv_transpose2x2(x, weight)?
+    } else {
+        x.conv_transpose2d(weight, 0, 0, 2, 1)?
+    };
     add_channel_bias(y, Some(bias))
 }
 

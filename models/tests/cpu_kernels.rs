@@ -50,6 +50,23 @@ fn conv2d_matches_candle_conv_and_its_backward() {
 }
 
 #[test]
+fn conv_transpose_matches_candle_and_its_backward() {
+    let x = Var::from_tensor(&seeded(&[2, 5, 3, 4], 11)).unwrap();
+    let w = Var::from_tensor(&seeded(&[5, 3, 2, 2], 12)).unwrap();
+    let b = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+    let (ours, g1) = value_and_grads(&[&x, &w], |t| {
+        layers::conv_transpose2x2(t[0], t[1], &b).unwrap()
+    });
+    let (theirs, g2) = value_and_grads(&[&x, &w], |t| {
+        t[0].conv_transpose2d(t[1], 0, 0, 2, 1).unwrap()
+    });
+    assert_eq!(ours.dims(), &[2, 3, 6, 8]);
+    assert_close("conv-transpose output", &ours, &theirs, 1e-5);
+    assert_close("conv-transpose dx", &g1[0], &g2[0], 1e-4);
+    assert_close("conv-transpose dw", &g1[1], &g2[1], 1e-4);
+}
+
+#[test]
 fn relu_matches_candle_relu() {
     let x = Var::from_tensor(&seeded(&[2, 3, 5, 7], 8)).unwrap();
     let (ours, g1) = value_and_grads(&[&x], |t| layers::relu(t[0]).unwrap());
