@@ -23,7 +23,6 @@ cargo build --release -q -p unet-exporter --bin unet-export --example make_model
 bin=target/release
 
 for preset in unet-16 unet; do
-  [ -f "$out/$preset.onnx" ] && continue
   "$bin/examples/make_model" "$preset" "$out/$preset.safetensors"
   "$bin/unet-export" "$out/$preset.safetensors" -o "$out/$preset.onnx" --no-check
   "$bin/unet-export" "$out/$preset.safetensors" -o "$out/$preset.fold.onnx" --fold-bn --no-check
