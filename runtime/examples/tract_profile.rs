@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         total.as_secs_f64() * 1e3
     );
     let mut ops: Vec<_> = by_op.into_iter().collect();
-    ops.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+    ops.sort_by_key(|(_, (d, _))| std::cmp::Reverse(*d));
     println!(
         "{:<28} {:>10} {:>7} {:>6}",
         "op", "ms/frame", "share", "nodes"
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         println!("{op:<28} {ms:>10.2} {share:>6.1}% {:>6}", n / runs);
     }
     let mut nodes: Vec<_> = by_node.into_iter().collect();
-    nodes.sort_by(|a, b| b.1.cmp(&a.1));
+    nodes.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
     println!("slowest nodes:");
     for (node, d) in nodes.iter().take(8) {
         println!("  {:>8.2} ms  {node}", per_run(*d));
