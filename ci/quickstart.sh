@@ -41,7 +41,7 @@ echo "== 4/4 inference with tract"
 if [ -n "$ORT_DYLIB_PATH" ]; then
   "$bin/unet-infer" "$out/model.onnx" "$out"/heldout/images/* -o "$out/masks-ort" --overlay --backend ort
 fi
-dice=$(tail -n 1 "$out/train/metrics.jsonl" | grep -o '"val_dice":[0-9.]*' | cut -d: -f2 || true)
+dice=$(tail -n 1 "$out/train/metrics.jsonl" | grep -o '"val":{"dice":[0-9.]*' | cut -d: -f3 || true)
 cat <<TXT
 
 Done. Everything is in $out/:
