@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::arch::{Graph, ParamKind};
+use crate::arch::{Graph, ParamKind, ParamSpec};
 use crate::config::{Preprocessing, UNetConfig, CONFIG_KEY, PREPROCESSING_KEY};
 use crate::error::{ModelError, Result};
 use crate::model::UNet;
@@ -99,44 +99,7 @@ fn checked_tensors(
                 })
             }
         };
-        let expected = match spec.kind {
-            ParamKind::NumBatchesTracked => Dtype::I64,
-            _ => Dtype::F32,
-        };
-        if view.dtype() != expected {
-            return Err(ModelError::DtypeMismatch {
-                path: path.to_path_buf(),
-                name: spec.name.clone(),
-                expected: format!("{expected:?}"),
-                got: format!("{:?}", view.dtype()),
-            });
-        }
-        if view.shape() != spec.shape.as_slice() {
-            return Err(ModelError::ShapeMismatch {
-                path: path.to_path_buf(),
-                name: spec.name.clone(),
-                expected: spec.shape.clone(),
-                got: view.shape().to_vec(),
-            });
-        }
-        let tensor = if expected == Dtype::F32 {
-            let values: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(ModelError::NonFinite {
-                    path: path.to_path_buf(),
-                    name: spec.name.clone(),
-                    index,
-                    value,
-                });
-            }
-            Tensor::from_vec(values, spec.shape.as_slice(), &Device::Cpu)?
-        } else {
-            Tensor::from_raw_buffer(view.data(), DType::I64, &[], &Device::Cpu)?
-        };
+        let tensor = tensor_from_view(path, &spec.name, spec, &view)?;
         out.insert(spec.name.clone(), tensor);
     }
     let known: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -149,6 +112,62 @@ fn checked_tensors(
         });
     }
     Ok(out)
+}
+
+/// One stored tensor as the parameter `spec` (file name `name`): checks its
+/// dtype, shape and that every weight is finite, naming the tensor on failure.
+pub(crate) fn tensor_from_view(
+    path: &Path,
+    name: &str,
+    spec: &ParamSpec,
+    view: &safetensors::tensor::TensorView<'_>,
+) -> Result<Tensor> {
+    let expected = match spec.kind {
+        ParamKind::NumBatchesTracked => Dtype::I64,
+        _ => Dtype::F32,
+    };
+    if view.dtype() != expected {
+        return Err(ModelError::DtypeMismatch {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            expected: format!("{expected:?}"),
+            got: format!("{:?}", view.dtype()),
+        });
+    }
+    if view.shape() != spec.shape.as_slice() {
+        return Err(ModelError::ShapeMismatch {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            expected: spec.shape.clone(),
+            got: view.shape().to_vec(),
+        });
+    }
+    if expected == Dtype::I64 {
+        return Ok(Tensor::from_raw_buffer(
+            view.data(),
+            DType::I64,
+            &[],
+            &Device::Cpu,
+        )?);
+    }
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(ModelError::NonFinite {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            index,
+            value,
+        });
+    }
+    Ok(Tensor::from_vec(
+        values,
+        spec.shape.as_slice(),
+        &Device::Cpu,
+    )?)
 }
 
 /// Writes the model's `state_dict` with its config and preprocessing in the

@@ -24,8 +24,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use safetensors::{Dtype, SafeTensors};
+use candle_core::Device;
+use safetensors::SafeTensors;
 
 use crate::arch::{Graph, ParamKind};
 use crate::config::{Padding, Preprocessing, UNetConfig, Upsampling};
@@ -209,44 +209,7 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
             });
         };
         let view = st.tensor(theirs).map_err(not_st)?;
-        let expected = match spec.kind {
-            ParamKind::NumBatchesTracked => Dtype::I64,
-            _ => Dtype::F32,
-        };
-        if view.dtype() != expected {
-            return Err(ModelError::DtypeMismatch {
-                path: path.to_path_buf(),
-                name: theirs.clone(),
-                expected: format!("{expected:?}"),
-                got: format!("{:?}", view.dtype()),
-            });
-        }
-        if view.shape() != spec.shape.as_slice() {
-            return Err(ModelError::ShapeMismatch {
-                path: path.to_path_buf(),
-                name: theirs.clone(),
-                expected: spec.shape.clone(),
-                got: view.shape().to_vec(),
-            });
-        }
-        let tensor = if expected == Dtype::F32 {
-            let values: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(ModelError::NonFinite {
-                    path: path.to_path_buf(),
-                    name: theirs.clone(),
-                    index,
-                    value,
-                });
-            }
-            Tensor::from_vec(values, spec.shape.as_slice(), &Device::Cpu)?
-        } else {
-            Tensor::from_raw_buffer(view.data(), DType::I64, &[], &Device::Cpu)?
-        };
+        let tensor = crate::io::tensor_from_view(path, theirs, spec, &view)?;
         tensors.insert(spec.name.clone(), tensor);
     }
     let preprocessing = preprocessing(&config);

@@ -85,7 +85,7 @@ fn max_pool_matches_the_composed_pool_including_odd_sizes() {
             ours.dims(),
             &[shape[0], shape[1], shape[2] / 2, shape[3] / 2]
         );
-        assert_close("pool output", &ours, &theirs, 0.0 + f32::MIN_POSITIVE);
+        assert_close("pool output", &ours, &theirs, f32::MIN_POSITIVE);
         assert_close("pool dx", &g1[0], &g2[0], f32::MIN_POSITIVE);
     }
 }
