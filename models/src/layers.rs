@@ -9,6 +9,29 @@ use crate::cpu_kernels;
 pub const BN_MOMENTUM: f64 = 0.1;
 pub const BN_EPS: f64 = 1e-5;
 
+/// Whether [`cpu_kernels`] covers `x`: CPU tensors in f32 or f64. Mixed-precision
+/// (bf16/f16) CPU tensors take candle's own ops.
+fn has_cpu_kernel(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Whether `x` is a half-precision (mixed precision) CPU tensor: candle's CPU
+/// convolutions lack bf16/f16, so [`cpu_kernels`] run on it widened to f32 and
+/// the result is rounded back, i.e. half-precision storage with f32
+/// accumulation, as GPU tensor cores compute.
+fn is_half_on_cpu(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::BF16 | DType::F16)
+}
+
+/// Runs a binary f32 CPU kernel on half-precision operands (see [`is_half_on_cpu`]).
+fn widened(
+    x: &Tensor,
+    w: &Tensor,
+    kernel: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    kernel(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
+}
+
 /// Convolution plus optional bias, stride 1.
 pub fn conv2d(
     x: &Tensor,
@@ -16,8 +39,11 @@ pub fn conv2d(
     bias: Option<&Tensor>,
     padding: usize,
 ) -> candle_core::Result<Tensor> {
-    let y = if x.device().is_cpu() {
-        cpu_kernels::conv2d(x, weight, padding)?
+    let kernel = |x: &Tensor, w: &Tensor| cpu_kernels::conv2d(x, w, padding);
+    let y = if has_cpu_kernel(x) {
+        kernel(x, weight)?
+    } else if is_half_on_cpu(x) {
+        widened(x, weight, kernel)?
     } else {
         x.conv2d(weight, padding, 1, 1, 1)?
     };
@@ -30,8 +56,10 @@ pub fn conv_transpose2x2(
     weight: &Tensor,
     bias: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let y = if x.device().is_cpu() {
+    let y = if has_cpu_kernel(x) {
         cpu_kernels::conv_transpose2x2(x, weight)?
+    } else if is_half_on_cpu(x) {
+        widened(x, weight, cpu_kernels::conv_transpose2x2)?
     } else {
         x.conv_transpose2d(weight, 0, 0, 2, 1)?
     };
@@ -39,16 +67,24 @@ pub fn conv_transpose2x2(
 }
 
 fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
-    match bias {
-        // [C] -> [1, C, 1, 1]
-        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-        None => Ok(y),
+    let Some(b) = bias else { return Ok(y) };
+    // [C] -> [1, C, 1, 1]
+    let b = b.reshape((1, (), 1, 1))?;
+    if matches!(y.dtype(), DType::BF16 | DType::F16) {
+        // The bias gradient sums N*H*W values: accumulated in half precision it
+        // loses most of its digits, so the add (and its backward) runs in f32.
+        let half = y.dtype();
+        return y
+            .to_dtype(DType::F32)?
+            .broadcast_add(&b.to_dtype(DType::F32)?)?
+            .to_dtype(half);
     }
+    y.broadcast_add(&b)
 }
 
 /// `max(x, 0)`.
 pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() {
+    if has_cpu_kernel(x) {
         cpu_kernels::relu(x)
     } else {
         x.relu()
@@ -63,7 +99,7 @@ pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
 /// with a constant mask, so autograd routes the gradient to the maximum (split
 /// evenly between ties) through `avg_pool2d`, whose backward is exact.
 pub fn max_pool2x2(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() {
+    if has_cpu_kernel(x) {
         cpu_kernels::max_pool2x2(x)
     } else {
         max_pool2x2_composed(x)
@@ -115,7 +151,7 @@ pub fn batch_norm_train(
     weight: &Tensor,
     bias: &Tensor,
 ) -> candle_core::Result<(Tensor, BatchStats)> {
-    if !x.device().is_cpu() {
+    if !has_cpu_kernel(x) {
         return batch_norm_train_composed(x, weight, bias);
     }
     let (n, _, h, w) = x.dims4()?;

@@ -25,6 +25,9 @@ pub struct UNet {
     dropout_seed: u64,
     /// Training forwards so far; keys the dropout masks so runs are reproducible and resumable.
     dropout_step: AtomicU64,
+    /// Mixed precision: the dtype of activations and convolutions when it differs from the
+    /// parameters' (see [`UNet::set_compute_dtype`]).
+    compute_dtype: Option<DType>,
 }
 
 impl UNet {
@@ -105,6 +108,7 @@ impl UNet {
             device: device.clone(),
             dropout_seed: seed,
             dropout_step: AtomicU64::new(0),
+            compute_dtype: None,
         })
     }
 
@@ -131,7 +135,35 @@ impl UNet {
             device: self.device.clone(),
             dropout_seed: self.dropout_seed,
             dropout_step: AtomicU64::new(self.dropout_step()),
+            compute_dtype: self.compute_dtype,
         })
+    }
+
+    /// Mixed precision, as PyTorch's autocast: convolutions, activations and their
+    /// gradients in `dtype` (bf16 or f16), while the parameters stay the master copy
+    /// in their own dtype (gradients reach them in it), BatchNorm normalises in it,
+    /// and the logits come back in it. The parameters' own dtype turns it off.
+    pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !dtype.is_float() {
+            return Err(ModelError::BadConfig(format!(
+                "compute dtype {dtype:?} is not a floating-point type"
+            )));
+        }
+        self.compute_dtype = (dtype != self.param_dtype()).then_some(dtype);
+        Ok(())
+    }
+
+    /// The dtype convolutions and activations run in.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype.unwrap_or_else(|| self.param_dtype())
+    }
+
+    /// The dtype of the trainable parameters (the master weights).
+    pub fn param_dtype(&self) -> DType {
+        self.params
+            .values()
+            .next()
+            .map_or(DType::F32, |v| v.as_tensor().dtype())
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -216,9 +248,19 @@ impl UNet {
                     .as_ref()
                     .ok_or_else(|| ModelError::BadConfig(format!("{}: input not ready", node.name)))
             };
-            let param = |suffix: &str| -> Result<Tensor> { self.tensor(&node.name, suffix) };
+            let param = |suffix: &str| -> Result<Tensor> {
+                let t = self.tensor(&node.name, suffix)?;
+                Ok(match self.compute_dtype {
+                    // to_dtype is differentiable: the gradient returns to the master dtype.
+                    Some(dtype) => t.to_dtype(dtype)?,
+                    None => t,
+                })
+            };
             let y = match &node.op {
-                Op::Input => x.clone(),
+                Op::Input => match self.compute_dtype {
+                    Some(dtype) => x.to_dtype(dtype)?,
+                    None => x.clone(),
+                },
                 Op::Conv2d { padding, bias, .. } => {
                     let b = if *bias { Some(param("bias")?) } else { None };
                     layers::conv2d(input(0)?, &param("weight")?, b.as_ref(), *padding)?
@@ -254,9 +296,14 @@ impl UNet {
                 }
             }
         }
-        values[self.graph.output()]
+        let logits = values[self.graph.output()]
             .take()
-            .ok_or_else(|| ModelError::BadConfig("graph has no output".into()))
+            .ok_or_else(|| ModelError::BadConfig("graph has no output".into()))?;
+        Ok(match self.compute_dtype {
+            // Losses and metrics see the master dtype, as under autocast.
+            Some(_) => logits.to_dtype(self.param_dtype())?,
+            None => logits,
+        })
     }
 
     fn tensor(&self, prefix: &str, suffix: &str) -> Result<Tensor> {
@@ -275,7 +322,18 @@ impl UNet {
             .ok_or_else(|| ModelError::BadConfig(format!("buffer `{name}` missing")))
     }
 
+    /// BatchNorm in the parameters' dtype whatever the compute dtype: batch
+    /// statistics over N*H*W values lose too much in 8 mantissa bits.
     fn batch_norm(&self, name: &str, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self.compute_dtype {
+            Some(dtype) => Ok(self
+                .batch_norm_master(name, &x.to_dtype(self.param_dtype())?, train)?
+                .to_dtype(dtype)?),
+            None => self.batch_norm_master(name, x, train),
+        }
+    }
+
+    fn batch_norm_master(&self, name: &str, x: &Tensor, train: bool) -> Result<Tensor> {
         let weight = self.tensor(name, "weight")?;
         let bias = self.tensor(name, "bias")?;
         let running_mean = self.buffer(name, "running_mean")?;

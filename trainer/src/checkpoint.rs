@@ -13,6 +13,7 @@ use unet_models::config::{CONFIG_KEY, PREPROCESSING_KEY};
 use unet_models::io::{ConfigSource, LoadedModel};
 use unet_models::{Preprocessing, UNet};
 
+use crate::amp::LossScaler;
 use crate::error::{Result, TrainError};
 use crate::report::EpochRecord;
 
@@ -39,6 +40,9 @@ pub struct TrainState {
     pub history: Vec<EpochRecord>,
     /// The run's options (JSON), to warn when a resume changes them.
     pub options: String,
+    /// f16 loss scale (None in f32 and bf16).
+    #[serde(default)]
+    pub loss_scaler: Option<LossScaler>,
 }
 
 /// Writes a checkpoint atomically.

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use unet_models::candle_core::{DType, Device, Tensor};
 use unet_models::{UNet, UNetConfig};
 
+use crate::amp::Precision;
 use crate::augment::AugmentConfig;
 use crate::data::{self, DataSpec, FileSource, MemorySource, Source};
 use crate::loss::{LossKind, LossParams};
@@ -72,6 +73,8 @@ pub enum Command {
         steps: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        precision: Precision,
     },
 }
 
@@ -81,12 +84,6 @@ pub enum NormArg {
     Dataset,
     /// ImageNet mean/std.
     Imagenet,
-}
-
-/// Numeric precision of training. Mixed precision belongs to the CUDA work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Precision {
-    F32,
 }
 
 #[derive(Args, Debug)]
@@ -205,6 +202,9 @@ pub struct TrainArgs {
     /// cpu, cuda or cuda:N (cuda needs the `cuda` cargo feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Forward/backward precision: bf16 and f16 are mixed precision (f32 master
+    /// weights, optimiser and BatchNorm; f16 adds dynamic loss scaling). Meant for
+    /// CUDA; on the CPU they run candle's generic kernels, slower than f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Compute threads (default: all cores); same seed + same threads = same run.
@@ -307,6 +307,7 @@ pub fn options(a: &TrainArgs) -> anyhow::Result<TrainOptions> {
             }),
         batch_size: a.batch_size,
         accumulate: a.accumulate,
+        precision: a.precision,
         lr: a.lr,
         optimizer: OptimizerConfig {
             kind: a.optimizer,
@@ -439,17 +440,21 @@ fn file_source(
     }))
 }
 
-/// One training step timed: forward (train mode), BCE-with-logits loss, backward, AdamW.
+/// One training step timed: forward (train mode), BCE-with-logits loss, backward, AdamW
+/// (with f16, also the loss scaling and the overflow check).
 pub fn bench_step(
     model: &str,
     size: usize,
     batch: usize,
     steps: usize,
     device: &str,
+    precision: Precision,
 ) -> anyhow::Result<()> {
     let device = parse_device(device)?;
     let cfg = model_config(model, None)?;
-    let net = UNet::new(&cfg, &device, 0)?;
+    let mut net = UNet::new(&cfg, &device, 0)?;
+    net.set_compute_dtype(precision.dtype())?;
+    let mut scaler = precision.loss_scaler();
     let x = Tensor::randn(0f32, 1.0, (batch, cfg.in_channels, size, size), &device)?;
     let t = Tensor::rand(0f32, 1.0, (batch, cfg.out_channels, size, size), &device)?
         .ge(0.5)?
@@ -468,7 +473,7 @@ pub fn bench_step(
     let vars: Vec<_> = net.trainable_vars().into_iter().map(|(_, v)| v).collect();
     let threads = unet_models::candle_core::utils::get_num_threads();
     println!(
-        "bench-step: {model} {size}x{size} batch {batch}, {threads} thread(s), {:?}",
+        "bench-step: {model} {size}x{size} batch {batch}, {threads} thread(s), {:?}, {precision:?}",
         device.location()
     );
     let mut times = Vec::new();
@@ -477,13 +482,31 @@ pub fn bench_step(
         let y = net.forward_t(&x, true)?;
         let t1 = Instant::now();
         let loss = crate::loss::bce_with_logits(&y, &t)?;
-        let grads = loss.backward()?;
+        let scale = scaler.map_or(1.0, |s| s.scale);
+        let grads = (loss * scale)?.backward()?;
         let t2 = Instant::now();
         let g: Vec<Option<Tensor>> = vars
             .iter()
-            .map(|v| grads.get(v.as_tensor()).cloned())
-            .collect();
-        opt.step(&g, 1e-3)?;
+            .map(|v| {
+                grads
+                    .get(v.as_tensor())
+                    .map(|g| {
+                        if scale != 1.0 {
+                            g * scale.recip()
+                        } else {
+                            Ok(g.clone())
+                        }
+                    })
+                    .transpose()
+            })
+            .collect::<unet_models::candle_core::Result<_>>()?;
+        let apply = match scaler.as_mut() {
+            Some(s) => s.update(crate::amp::all_finite(&g)?),
+            None => true,
+        };
+        if apply {
+            opt.step(&g, 1e-3)?;
+        }
         device.synchronize()?;
         let t3 = Instant::now();
         let total = (t3 - t0).as_secs_f64();
@@ -533,7 +556,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             batch_size,
             steps,
             device,
-        }) => bench_step(model, *size, *batch_size, (*steps).max(1), device),
+            precision,
+        }) => bench_step(
+            model,
+            *size,
+            *batch_size,
+            (*steps).max(1),
+            device,
+            *precision,
+        ),
         None => train(&cli.train),
     }
 }

@@ -4,8 +4,10 @@
 //! - [`data`]: Kvasir-SEG, Carvana and generic folders; [`synth`]: bundled synthetic data.
 //! - [`augment`] and [`loader`]: augmentation on worker threads with bounded prefetch.
 //! - [`loss`], [`metrics`], [`optim`], [`schedule`]: the training maths.
+//! - [`amp`]: mixed precision (bf16/f16) and f16 loss scaling.
 //! - [`train`]: the loop; [`checkpoint`]: resumable state; [`report`]: logs and pictures.
 
+pub mod amp;
 pub mod augment;
 pub mod checkpoint;
 pub mod cli;

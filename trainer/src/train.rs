@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use unet_models::candle_core::{Device, Tensor};
 use unet_models::{Preprocessing, UNet, UNetConfig};
 
+use crate::amp::{self, Precision};
 use crate::augment::AugmentConfig;
 use crate::checkpoint::{self, TrainState};
 use crate::data::{channel_stats, Source};
@@ -42,6 +43,8 @@ pub struct TrainOptions {
     pub batch_size: usize,
     /// Micro-batches whose gradients are summed before one optimiser step.
     pub accumulate: usize,
+    #[serde(default)]
+    pub precision: Precision,
     pub lr: f64,
     pub optimizer: OptimizerConfig,
     pub loss: LossKind,
@@ -82,6 +85,7 @@ impl TrainOptions {
             epochs: 10,
             batch_size: 4,
             accumulate: 1,
+            precision: Precision::F32,
             lr: 2e-3,
             optimizer: OptimizerConfig {
                 kind: crate::optim::OptimizerKind::Adamw,
@@ -294,7 +298,7 @@ pub fn run(
     let (train_idx, val_idx) = split(source.len(), opts.val_split, opts.seed)?;
 
     let options_json = serde_json::to_string(opts).unwrap_or_default();
-    let (model, preprocessing, mut state, optimizer_state) = match resume {
+    let (mut model, preprocessing, mut state, optimizer_state) = match resume {
         Some(path) => {
             let ck = checkpoint::load(path, device)?;
             if ck.loaded.model.config() != &opts.model {
@@ -370,12 +374,25 @@ pub fn run(
                 best_dice: f64::NEG_INFINITY,
                 history: Vec::new(),
                 options: options_json.clone(),
+                loss_scaler: opts.precision.loss_scaler(),
             };
             (model, pre, state, None)
         }
     };
     state.options = options_json;
     let seed = state.seed;
+    model.set_compute_dtype(opts.precision.dtype())?;
+    if opts.precision.loss_scaler().is_none() {
+        state.loss_scaler = None;
+    } else if state.loss_scaler.is_none() {
+        state.loss_scaler = opts.precision.loss_scaler();
+    }
+    if opts.precision != Precision::F32 && device.is_cpu() {
+        say(format!(
+            "note: {:?} on the CPU runs candle's generic kernels, slower than f32; it is meant for CUDA",
+            opts.precision
+        ));
+    }
 
     let mut optimizer = Optimizer::new(opts.optimizer.clone(), model.trainable_vars());
     if let Some(tensors) = optimizer_state {
@@ -471,17 +488,24 @@ pub fn run(
                     format!("the loss became {value} at step {}; lower the learning rate or enable --clip-grad", state.global_step),
                 ));
             }
-            let scaled = if opts.accumulate > 1 {
-                (loss / opts.accumulate as f64)?
+            let loss_scale = state.loss_scaler.map_or(1.0, |s| s.scale);
+            let factor = loss_scale / opts.accumulate as f64;
+            let scaled = if factor != 1.0 {
+                (loss * factor)?
             } else {
                 loss
             };
             let grads = scaled.backward()?;
             for (slot, var) in pending.iter_mut().zip(&vars) {
                 if let Some(g) = grads.get(var.as_tensor()) {
+                    let g = if loss_scale != 1.0 {
+                        (g.detach() * loss_scale.recip())?
+                    } else {
+                        g.detach()
+                    };
                     *slot = Some(match slot.take() {
-                        Some(sum) => (sum + g.detach())?,
-                        None => g.detach(),
+                        Some(sum) => (sum + g)?,
+                        None => g,
                     });
                 }
             }
@@ -493,10 +517,16 @@ pub fn run(
             images += batch.len();
             let lr = schedule.lr(state.global_step);
             if state.batch % opts.accumulate == 0 || state.batch == n_batches {
-                if let Some(max) = opts.clip_grad_norm {
-                    clip_grad_norm(&mut pending, max)?;
+                let apply = match state.loss_scaler.as_mut() {
+                    Some(scaler) => scaler.update(amp::all_finite(&pending)?),
+                    None => true,
+                };
+                if apply {
+                    if let Some(max) = opts.clip_grad_norm {
+                        clip_grad_norm(&mut pending, max)?;
+                    }
+                    optimizer.step(&pending, lr)?;
                 }
-                optimizer.step(&pending, lr)?;
                 pending.iter_mut().for_each(|g| *g = None);
                 state.global_step += 1;
                 state.dropout_step = model.dropout_step();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use unet_models::candle_core::Device;
 use unet_models::io::ConfigSource;
 use unet_models::{Padding, UNetConfig, Upsampling};
+use unet_trainer::amp::Precision;
 use unet_trainer::augment::AugmentConfig;
 use unet_trainer::checkpoint;
 use unet_trainer::cli::demo_source;
@@ -102,6 +103,33 @@ fn short_run_learns() {
     assert_eq!(loaded.preprocessing.std, std);
 }
 
+/// bf16 mixed precision learns as f32 does, and writes f32 weights.
+#[test]
+fn bf16_run_learns_with_f32_master_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = tiny_options(6);
+    opts.precision = Precision::Bf16;
+    let s = train::run(&opts, demo(40), dir.path(), &Device::Cpu, None, true).unwrap();
+    let (first, last) = (&s.history[0], s.history.last().unwrap());
+    assert!(
+        last.train_loss < 0.75 * first.train_loss,
+        "loss {} -> {}",
+        first.train_loss,
+        last.train_loss
+    );
+    assert!(s.best_dice > 0.6, "best dice {}", s.best_dice);
+    let best = unet_models::io::load(
+        &dir.path().join(BEST_FILE),
+        ConfigSource::Metadata,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(
+        best.model.param_dtype(),
+        unet_models::candle_core::DType::F32
+    );
+}
+
 fn state_bits(path: &Path) -> Vec<(String, Vec<u8>)> {
     let m = unet_models::io::load(path, ConfigSource::Metadata, &Device::Cpu)
         .unwrap()
@@ -131,11 +159,15 @@ fn state_bits(path: &Path) -> Vec<(String, Vec<u8>)> {
 /// BatchNorm statistics, optimiser moments, dropout masks, loss history).
 #[test]
 fn resume_is_bit_exact() {
-    for (kind, accumulate, dropout) in
-        [(OptimizerKind::Adamw, 1, 0.0), (OptimizerKind::Sgd, 2, 0.3)]
-    {
+    for (kind, accumulate, dropout, precision) in [
+        (OptimizerKind::Adamw, 1, 0.0, Precision::F32),
+        (OptimizerKind::Sgd, 2, 0.3, Precision::F32),
+        // f16 also carries its dynamic loss scale across the interruption.
+        (OptimizerKind::Adamw, 1, 0.0, Precision::F16),
+    ] {
         let mut opts = tiny_options(2);
         opts.model = tiny(false, dropout);
+        opts.precision = precision;
         opts.optimizer.kind = kind;
         opts.accumulate = accumulate;
         opts.lr = if kind == OptimizerKind::Sgd {
@@ -184,6 +216,8 @@ fn resume_is_bit_exact() {
         let b = checkpoint::load(&full_dir.path().join(CHECKPOINT_FILE), &Device::Cpu).unwrap();
         assert_eq!(a.state.global_step, b.state.global_step);
         assert_eq!(a.state.dropout_step, b.state.dropout_step);
+        assert_eq!(a.state.loss_scaler, b.state.loss_scaler);
+        assert_eq!(a.state.loss_scaler.is_some(), precision == Precision::F16);
         assert!(!a.optimizer.is_empty());
         for (name, t) in &a.optimizer {
             let u = b.optimizer[name]
