@@ -52,8 +52,15 @@ PY
   -o "$out/masks" --backend tract --quiet
 
 echo "== stripped tract-only unet-infer"
-cargo build --profile release-lto -q -p unet-runtime --no-default-features --features tract --bin unet-infer
-ls -l target/release-lto/unet-infer | awk '{printf "unet-infer (release-lto, stripped, tract only): %.1f MiB\n", $5 / 1048576}'
+cargo build --profile edge -q -p unet-runtime --no-default-features --features tract --bin unet-infer
+ls -l target/edge/unet-infer | awk '{printf "unet-infer (edge profile: fat LTO, stripped, panic=abort, opt-level s; tract only): %.2f MiB\n", $5 / 1048576}'
+echo "-- edge build vs release, unet-16 and unet 256x256, tract"
+for preset in unet-16 unet; do
+  for b in "$bin" target/edge; do
+    echo -n "$b: "
+    "$b/unet-infer" bench "$out/$preset.onnx" --size 256x256 --runs "$runs" --threads 2 --backend tract | grep '^tract'
+  done
+done
 
 echo "== resident memory over $frames frames through the C ABI (unet-16, 128x128, tract)"
 bash runtime/tests/c/rss_bench.sh "$out/unet-16.onnx" "$frames" 128 128 1
