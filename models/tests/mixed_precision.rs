@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{max_abs_diff, seeded};
+use common::{abs_max, max_abs_diff, seeded, sum_sq};
 use unet_models::{UNet, UNetConfig};
 
 fn small(preset: &str) -> UNetConfig {
@@ -15,22 +15,9 @@ fn small(preset: &str) -> UNetConfig {
     }
 }
 
-fn abs_max(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 /// ||a - b|| / ||b|| over all elements.
 fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = a.sub(b).unwrap().sqr().unwrap().sum_all().unwrap();
-    let norm = b.sqr().unwrap().sum_all().unwrap();
-    (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt()
+    (sum_sq(&a.sub(b).unwrap()) / sum_sq(b)).sqrt()
 }
 
 /// (bf16, f16) tolerances relative to the f32 result: 8 and 11 mantissa bits.
@@ -40,6 +27,16 @@ fn tolerance(dtype: DType) -> f32 {
         DType::F16 => 0.01,
         _ => unreachable!(),
     }
+}
+
+/// `err` (relative to f32) is within `dtype`'s tolerance, and not zero: the
+/// half-precision rounding must show, or the model silently ran in f32.
+fn assert_rounded_like_f32(err: f32, dtype: DType, what: &str) {
+    assert!(
+        err <= tolerance(dtype),
+        "{what} {dtype:?}: relative error {err}"
+    );
+    assert!(err > 1e-6, "{what} {dtype:?}: identical to f32");
 }
 
 #[test]
@@ -56,12 +53,7 @@ fn eval_forward_follows_f32_and_returns_f32_logits() {
             let got = mixed.forward(&x).unwrap();
             assert_eq!(got.dtype(), DType::F32, "{preset} {dtype:?}");
             let err = max_abs_diff(&got, &expected) / abs_max(&expected);
-            assert!(
-                err <= tolerance(dtype),
-                "{preset} {dtype:?}: max error {err} of the logits' range"
-            );
-            // Not silently f32: the rounding must show.
-            assert!(err > 1e-6, "{preset} {dtype:?}: identical to f32");
+            assert_rounded_like_f32(err, dtype, &format!("{preset} logits"));
         }
     }
 }
@@ -113,29 +105,10 @@ fn gradients_reach_the_f32_master_weights_and_follow_f32() {
                     err <= 0.15,
                     "{preset} {dtype:?} {name}: relative gradient error {err}"
                 );
-                diff += g
-                    .sub(expected)
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                norm += expected
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                diff += sum_sq(&g.sub(expected).unwrap());
+                norm += sum_sq(expected);
             }
-            let err = (diff / norm).sqrt();
-            assert!(
-                err <= tolerance(dtype),
-                "{preset} {dtype:?}: relative error of all gradients {err}"
-            );
-            assert!(err > 1e-6, "{preset} {dtype:?}: identical to f32");
+            assert_rounded_like_f32((diff / norm).sqrt(), dtype, &format!("{preset} gradients"));
         }
     }
 }
@@ -151,7 +124,8 @@ fn training_forward_updates_f32_running_statistics() {
         let mut mixed = UNet::new(&small("unet"), &Device::Cpu, 8).unwrap();
         mixed.set_compute_dtype(dtype).unwrap();
         let got = mixed.forward_t(&x, true).unwrap();
-        assert!(max_abs_diff(&got, &expected) / abs_max(&expected) <= tolerance(dtype));
+        let err = max_abs_diff(&got, &expected) / abs_max(&expected);
+        assert_rounded_like_f32(err, dtype, "training logits");
         for ((name, a), (_, b)) in mixed.state_dict().iter().zip(reference.state_dict().iter()) {
             if name.contains("running") {
                 assert_eq!(a.dtype(), DType::F32, "{name}");

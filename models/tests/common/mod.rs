@@ -15,9 +15,12 @@ pub fn seeded(shape: &[usize], seed: u64) -> Tensor {
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    a.sub(b)
-        .unwrap()
-        .abs()
+    abs_max(&a.sub(b).unwrap())
+}
+
+/// Largest absolute element.
+pub fn abs_max(t: &Tensor) -> f32 {
+    t.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -25,4 +28,9 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar()
         .unwrap()
+}
+
+/// Sum of squares of all elements (f32 tensors).
+pub fn sum_sq(t: &Tensor) -> f32 {
+    t.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap()
 }
