@@ -69,9 +69,9 @@ pub struct OnnxInfo {
 
 /// Reads the metadata and input shape of an ONNX file.
 pub fn read_onnx_info(path: &Path) -> Result<OnnxInfo> {
-    let bytes = std::fs::read(path).map_err(|source| ExportError::Io {
+    let bytes = std::fs::read(path).map_err(|reason| ExportError::Io {
         path: path.to_path_buf(),
-        source,
+        reason,
     })?;
     let not_onnx = |reason: String| ExportError::NotOnnx {
         path: path.to_path_buf(),

@@ -25,10 +25,10 @@ pub enum ExportError {
     BadGolden { path: PathBuf, reason: String },
     #[error("{backend}: {reason}")]
     Backend { backend: String, reason: String },
-    #[error("{path}: {source}")]
+    #[error("{path}: {reason}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error(transparent)]
     Model(#[from] ModelError),

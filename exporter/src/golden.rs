@@ -54,9 +54,9 @@ pub fn write_golden(model: &UNet, pre: &Preprocessing, dir: &Path, seed: u64) ->
         (PREPROCESSING_KEY.to_string(), pre.to_json()),
     ]);
     let path = dir.join(GOLDEN_FILE);
-    let io_err = |source| ExportError::Io {
+    let io_err = |reason| ExportError::Io {
         path: path.clone(),
-        source,
+        reason,
     };
     let views = tensors
         .iter()
@@ -70,9 +70,9 @@ pub fn write_golden(model: &UNet, pre: &Preprocessing, dir: &Path, seed: u64) ->
         .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
-    std::fs::create_dir_all(dir).map_err(|source| ExportError::Io {
+    std::fs::create_dir_all(dir).map_err(|reason| ExportError::Io {
         path: dir.to_path_buf(),
-        source,
+        reason,
     })?;
     unet_models::io::atomic_write(&path, &bytes)?;
     Ok(path)
@@ -96,9 +96,9 @@ pub fn read_golden(dir: &Path) -> Result<Golden> {
         path: path.clone(),
         reason,
     };
-    let bytes = std::fs::read(&path).map_err(|source| ExportError::Io {
+    let bytes = std::fs::read(&path).map_err(|reason| ExportError::Io {
         path: path.clone(),
-        source,
+        reason,
     })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;

@@ -373,8 +373,7 @@ fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 fn write_json_report(report: &Report, path: Option<&Path>) -> anyhow::Result<()> {
     if let Some(path) = path {
         let json = serde_json::to_string_pretty(&report.to_json())? + "\n";
-        io::atomic_write(path, json.as_bytes())
-            .with_context(|| format!("writing the parity report {}", path.display()))?;
+        io::atomic_write(path, json.as_bytes()).context("writing the parity report")?;
     }
     Ok(())
 }

@@ -20,10 +20,10 @@ pub enum ModelError {
     },
     #[error("input tensor has shape {got:?}, expected [N, {channels}, H, W]")]
     InputShape { got: Vec<usize>, channels: usize },
-    #[error("{path}: {source}")]
+    #[error("{path}: {reason}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{path}: not a valid safetensors file: {reason}")]
     NotSafetensors { path: PathBuf, reason: String },

@@ -193,7 +193,7 @@ pub fn save(
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| ModelError::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+        reason: std::io::Error::other(e.to_string()),
     })?;
     atomic_write(path, &bytes)
 }
@@ -201,9 +201,9 @@ pub fn save(
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it
 /// over `path`, so readers see either the old file or the whole new one.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_err = |source| ModelError::Io {
+    let io_err = |reason| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        reason,
     };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -212,17 +212,32 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(&dir)
-        .map_err(io_err)?;
+        .map_err(|e| io_err(without_temp_path(e)))?;
     tmp.write_all(bytes).map_err(io_err)?;
     tmp.as_file().sync_all().map_err(io_err)?;
     tmp.persist(path).map_err(|e| io_err(e.error))?;
     Ok(())
 }
 
+/// tempfile's errors name its random temp file (twice, in their text); the
+/// error this goes into names the path the user asked for, so only the reason stays.
+fn without_temp_path(e: std::io::Error) -> std::io::Error {
+    use std::io::ErrorKind;
+    if e.raw_os_error().is_some() {
+        return e;
+    }
+    let reason = match e.kind() {
+        ErrorKind::NotFound => "its folder does not exist".to_string(),
+        ErrorKind::PermissionDenied => "no permission to write in its folder".to_string(),
+        kind => kind.to_string(),
+    };
+    std::io::Error::new(e.kind(), reason)
+}
+
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| ModelError::Io {
+    std::fs::read(path).map_err(|reason| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        reason,
     })
 }
 

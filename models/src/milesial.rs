@@ -146,9 +146,9 @@ pub fn preprocessing(cfg: &UNetConfig) -> Preprocessing {
 /// configuration, maps the names and validates every tensor (shape, dtype,
 /// finite). Errors name the file and the milesial tensor name.
 pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+    let bytes = std::fs::read(path).map_err(|reason| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        reason,
     })?;
     let not_st = |e: safetensors::SafeTensorError| ModelError::NotSafetensors {
         path: path.to_path_buf(),

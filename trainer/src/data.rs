@@ -300,9 +300,9 @@ fn open(path: &Path) -> Result<image::DynamicImage> {
             source,
         })?
         .decode()
-        .map_err(|source| TrainError::Image {
+        .map_err(|reason| TrainError::Image {
             path: path.to_path_buf(),
-            source,
+            reason,
         })
 }
 
@@ -436,9 +436,9 @@ pub fn write_synthetic(dir: &Path, count: usize, size: usize, seed: u64) -> Resu
             size as u32,
             image::ExtendedColorType::Rgb8,
         )
-        .map_err(|source| TrainError::Image {
+        .map_err(|reason| TrainError::Image {
             path: image_path.clone(),
-            source,
+            reason,
         })?;
         unet_models::io::atomic_write(&image_path, &jpeg)?;
         let mask_path = dir.join("masks").join(format!("{name}.png"));

@@ -60,11 +60,10 @@ pub enum TrainError {
     BadOption { option: String, reason: String },
     #[error("{path}: not a training checkpoint: {reason}")]
     BadCheckpoint { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
+    #[error("{path}: {reason}")]
     Image {
         path: PathBuf,
-        #[source]
-        source: image::ImageError,
+        reason: image::ImageError,
     },
     #[error("data loader worker stopped: {0}")]
     Worker(String),

@@ -43,9 +43,9 @@ pub fn encode_png(
     };
     image::codecs::png::PngEncoder::new(&mut out)
         .write_image(data, width as u32, height as u32, colour)
-        .map_err(|source| TrainError::Image {
+        .map_err(|reason| TrainError::Image {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
     Ok(out)
 }

@@ -230,6 +230,19 @@ fn bad_input_fails_with_the_file_named_and_nothing_written() {
     let e = failing(&[unet, "-o", missing.to_str().unwrap()], dir.path());
     assert!(e.contains("no-such-dir/out.onnx"), "{e}");
 
+    // A parity report that cannot be written: the error names it, and the
+    // ONNX file is not written either.
+    let report = dir.path().join("no-such-dir").join("parity.json");
+    let e = failing(
+        &[unet, "-o", out, "--report", report.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(
+        e.contains("parity report") && e.contains("no-such-dir/parity.json"),
+        "{e}"
+    );
+    assert!(!e.contains(".tmp-"), "{e}");
+
     // A file that is not safetensors.
     let notes = inputs.path().join("notes.txt");
     std::fs::write(&notes, "these are not weights\n").unwrap();

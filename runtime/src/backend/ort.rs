@@ -114,9 +114,9 @@ fn builder(
 
 /// Reads the model file first: a missing file is an I/O error, not an ORT one.
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| RuntimeError::Io {
+    std::fs::read(path).map_err(|reason| RuntimeError::Io {
         path: path.to_path_buf(),
-        source,
+        reason,
     })
 }
 

@@ -41,9 +41,9 @@ impl TractSession {
     ) -> Result<(TractSession, HashMap<String, String>)> {
         // Read into memory instead of tract's mmap: a file truncated while
         // mapped would fault instead of returning an error.
-        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+        let bytes = std::fs::read(path).map_err(|reason| RuntimeError::Io {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         // PyTorch's dynamo exporter writes value_info tract cannot reconcile;
         // tract infers those shapes itself anyway.
