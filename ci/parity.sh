@@ -13,17 +13,20 @@
 # library (or this repository's .venv from ci/setup-python.sh has it).
 set -euo pipefail
 
-usage() { sed -n '4,5p' "$0" >&2; exit 1; }
-[ $# -ge 1 ] || usage
+# Usage errors exit 1, like unet-export's own errors; only drift exits 2.
+usage() { [ $# -eq 0 ] || echo "ci/parity.sh: $*" >&2; sed -n '4,4p' "$0" >&2; exit 1; }
+[ $# -ge 1 ] || usage "no MODEL.safetensors given"
+case "$1" in -*) usage "the first argument must be MODEL.safetensors, not $1" ;; esac
 model="$1"; shift
 onnx=""; golden=""; report=""; export_flags=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --golden) golden="$2"; shift 2 ;;
-    --report) report="$2"; shift 2 ;;
+    --golden|--report) [ $# -ge 2 ] || usage "$1 needs a value"
+      if [ "$1" = --golden ]; then golden="$2"; else report="$2"; fi
+      shift 2 ;;
     --) shift; export_flags=("$@"); break ;;
-    -*) echo "unknown option $1" >&2; usage ;;
-    *) onnx="$1"; shift ;;
+    -*) usage "unknown option $1" ;;
+    *) [ -z "$onnx" ] || usage "a second ONNX file: $1"; onnx="$1"; shift ;;
   esac
 done
 

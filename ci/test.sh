@@ -39,4 +39,14 @@ bash ci/parity.sh "$e2e/train/best.safetensors" "$e2e/model.onnx" --golden "$e2e
 if bash ci/parity.sh fixtures/unet/weights.safetensors "$e2e/model.onnx" 2>/dev/null; then
   echo "ci/parity.sh passed a graph that is not the model's" >&2; exit 1
 fi
+# Usage errors exit 1 with a message, never 2 (which means drift).
+for args in "" "--golden g" "$e2e/train/best.safetensors --golden" \
+  "$e2e/train/best.safetensors --bogus" "$e2e/train/best.safetensors a.onnx b.onnx"; do
+  rc=0
+  # shellcheck disable=SC2086
+  msg="$(bash ci/parity.sh $args 2>&1 >/dev/null)" || rc=$?
+  if [ "$rc" != 1 ] || [ -z "$msg" ]; then
+    echo "ci/parity.sh $args: exit $rc (expected 1 with a message): $msg" >&2; exit 1
+  fi
+done
 rm -rf "$e2e"
