@@ -115,20 +115,37 @@ enum DynamicAxis {
 #[derive(Args)]
 struct CheckFlags {
     /// Skip the parity check.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "report")]
     no_check: bool,
-    /// Absolute tolerance [default: 1e-4, 5e-2 for --fp16].
+    #[command(flatten)]
+    parity: ParityFlags,
+}
+
+/// How a parity check runs and reports: the export's own check and `check`.
+#[derive(Args)]
+struct ParityFlags {
+    /// Absolute tolerance [default: 1e-4, 5e-2 for an fp16 graph].
     #[arg(long)]
     atol: Option<f32>,
-    /// Relative tolerance [default: 1e-3, 5e-2 for --fp16].
+    /// Relative tolerance [default: 1e-3, 5e-2 for an fp16 graph].
     #[arg(long)]
     rtol: Option<f32>,
     /// Seed of the check's random inputs and synthetic frames.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Also write the parity report as JSON (written whether the check passes or not).
-    #[arg(long, value_name = "FILE.json", conflicts_with = "no_check")]
+    #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
+}
+
+impl ParityFlags {
+    fn options(&self, fp16: bool) -> CheckOptions {
+        CheckOptions {
+            tolerance: tolerance(self.atol, self.rtol, fp16),
+            seed: self.seed,
+            ..CheckOptions::default()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -141,15 +158,8 @@ struct CheckArgs {
     golden: Option<PathBuf>,
     #[command(flatten)]
     source: ModelArgs,
-    #[arg(long)]
-    atol: Option<f32>,
-    #[arg(long)]
-    rtol: Option<f32>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Also write the parity report as JSON (written whether the check passes or not).
-    #[arg(long, value_name = "FILE.json")]
-    report: Option<PathBuf>,
+    #[command(flatten)]
+    parity: ParityFlags,
 }
 
 #[derive(Args)]
@@ -334,11 +344,7 @@ fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed();
 
     if let Some(loaded) = &loaded {
-        let check_opts = CheckOptions {
-            tolerance: tolerance(args.check.atol, args.check.rtol, args.fp16),
-            seed: args.check.seed,
-            ..CheckOptions::default()
-        };
+        let check_opts = args.check.parity.options(args.fp16);
         let report = check::check_model(
             &loaded.model,
             &loaded.preprocessing,
@@ -347,7 +353,7 @@ fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         )
         .with_context(|| format!("checking {}", output.display()))?;
         println!("{report}");
-        write_json_report(&report, args.check.report.as_deref())?;
+        write_json_report(&report, args.check.parity.report.as_deref())?;
         if !report.passed() {
             eprintln!(
                 "error: {} does not match {} within tolerance; not written",
@@ -391,27 +397,19 @@ fn print_report(report: &Report, json: Option<&Path>) -> anyhow::Result<ExitCode
 fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     match (&args.golden, args.files.as_slice()) {
         (Some(dir), [onnx]) => {
-            let opts = CheckOptions {
-                tolerance: tolerance(args.atol, args.rtol, false),
-                seed: args.seed,
-                ..CheckOptions::default()
-            };
-            let report = golden::check_golden(dir, onnx, &opts).with_context(|| {
-                format!("checking {} against {}", onnx.display(), dir.display())
-            })?;
-            print_report(&report, args.report.as_deref())
+            let report = golden::check_golden(dir, onnx, &args.parity.options(false))
+                .with_context(|| {
+                    format!("checking {} against {}", onnx.display(), dir.display())
+                })?;
+            print_report(&report, args.parity.report.as_deref())
         }
         (None, [model, onnx]) => {
             let loaded = load(model, &args.source)?;
             let info = check::read_onnx_info(onnx)?;
-            let opts = CheckOptions {
-                tolerance: tolerance(args.atol, args.rtol, info.fp16),
-                seed: args.seed,
-                ..CheckOptions::default()
-            };
+            let opts = args.parity.options(info.fp16);
             let report = check::check_model(&loaded.model, &loaded.preprocessing, onnx, &opts)
                 .with_context(|| format!("checking {}", onnx.display()))?;
-            print_report(&report, args.report.as_deref())
+            print_report(&report, args.parity.report.as_deref())
         }
         (Some(_), _) => bail!("with --golden DIR give only the ONNX file"),
         (None, _) => bail!("give MODEL.safetensors and MODEL.onnx (or --golden DIR MODEL.onnx)"),
