@@ -335,6 +335,7 @@ fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         .prefix(".unet-export-")
         .suffix(".onnx")
         .tempfile_in(&dir)
+        .map_err(io::without_temp_path)
         .with_context(|| format!("cannot write {}", output.display()))?;
     tmp.write_all(&bytes)
         .and_then(|_| tmp.as_file().sync_all())

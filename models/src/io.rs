@@ -221,7 +221,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// tempfile's errors name its random temp file (twice, in their text); the
 /// error this goes into names the path the user asked for, so only the reason stays.
-fn without_temp_path(e: std::io::Error) -> std::io::Error {
+pub fn without_temp_path(e: std::io::Error) -> std::io::Error {
     use std::io::ErrorKind;
     if e.raw_os_error().is_some() {
         return e;

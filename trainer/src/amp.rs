@@ -77,6 +77,24 @@ impl LossScaler {
     }
 }
 
+/// The gradient of the unscaled loss from that of the loss times `scale`.
+pub fn unscale(grad: &Tensor, scale: f64) -> Result<Tensor> {
+    Ok(if scale != 1.0 {
+        (grad * scale.recip())?
+    } else {
+        grad.clone()
+    })
+}
+
+/// Whether the optimiser may apply `grads` (unscaled): always without a
+/// scaler; with one, only when they are finite, updating its scale.
+pub fn step_allowed(scaler: Option<&mut LossScaler>, grads: &[Option<Tensor>]) -> Result<bool> {
+    match scaler {
+        Some(scaler) => Ok(scaler.update(all_finite(grads)?)),
+        None => Ok(true),
+    }
+}
+
 /// Whether every gradient is free of Inf and NaN (one device sync for all).
 pub fn all_finite(grads: &[Option<Tensor>]) -> Result<bool> {
     let sums = grads

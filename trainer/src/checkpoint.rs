@@ -36,6 +36,8 @@ pub struct TrainState {
     /// Sum and count of the training losses of the unfinished epoch.
     pub epoch_loss_sum: f64,
     pub epoch_loss_count: u64,
+    /// -inf until an epoch finishes; JSON has no -inf, so it is stored as null.
+    #[serde(deserialize_with = "null_as_neg_infinity")]
     pub best_dice: f64,
     pub history: Vec<EpochRecord>,
     /// The run's options (JSON), to warn when a resume changes them.
@@ -43,6 +45,13 @@ pub struct TrainState {
     /// f16 loss scale (None in f32 and bf16).
     #[serde(default)]
     pub loss_scaler: Option<LossScaler>,
+}
+
+/// serde_json writes a non-finite f64 as null; read null back as -inf.
+fn null_as_neg_infinity<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NEG_INFINITY))
 }
 
 /// Writes a checkpoint atomically.

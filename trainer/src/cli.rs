@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use unet_models::candle_core::{DType, Device, Tensor};
 use unet_models::{UNet, UNetConfig};
 
-use crate::amp::Precision;
+use crate::amp::{self, Precision};
 use crate::augment::AugmentConfig;
 use crate::data::{self, DataSpec, FileSource, MemorySource, Source};
 use crate::loss::{LossKind, LossParams};
@@ -204,7 +204,7 @@ pub struct TrainArgs {
     pub device: String,
     /// Forward/backward precision: bf16 and f16 are mixed precision (f32 master
     /// weights, optimiser and BatchNorm; f16 adds dynamic loss scaling). Meant for
-    /// CUDA; on the CPU they run candle's generic kernels, slower than f32.
+    /// CUDA; on the CPU the casts around the f32 kernels make them slower than f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Compute threads (default: all cores); same seed + same threads = same run.
@@ -490,21 +490,11 @@ pub fn bench_step(
             .map(|v| {
                 grads
                     .get(v.as_tensor())
-                    .map(|g| {
-                        if scale != 1.0 {
-                            g * scale.recip()
-                        } else {
-                            Ok(g.clone())
-                        }
-                    })
+                    .map(|g| amp::unscale(g, scale))
                     .transpose()
             })
-            .collect::<unet_models::candle_core::Result<_>>()?;
-        let apply = match scaler.as_mut() {
-            Some(s) => s.update(crate::amp::all_finite(&g)?),
-            None => true,
-        };
-        if apply {
+            .collect::<crate::Result<_>>()?;
+        if amp::step_allowed(scaler.as_mut(), &g)? {
             opt.step(&g, 1e-3)?;
         }
         device.synchronize()?;

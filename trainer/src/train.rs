@@ -374,7 +374,7 @@ pub fn run(
                 best_dice: f64::NEG_INFINITY,
                 history: Vec::new(),
                 options: options_json.clone(),
-                loss_scaler: opts.precision.loss_scaler(),
+                loss_scaler: None,
             };
             (model, pre, state, None)
         }
@@ -382,14 +382,14 @@ pub fn run(
     state.options = options_json;
     let seed = state.seed;
     model.set_compute_dtype(opts.precision.dtype())?;
-    if opts.precision.loss_scaler().is_none() {
-        state.loss_scaler = None;
-    } else if state.loss_scaler.is_none() {
-        state.loss_scaler = opts.precision.loss_scaler();
-    }
+    // A resumed f16 run keeps its scale; a run whose precision changed starts afresh.
+    state.loss_scaler = opts
+        .precision
+        .loss_scaler()
+        .map(|fresh| state.loss_scaler.unwrap_or(fresh));
     if opts.precision != Precision::F32 && device.is_cpu() {
         say(format!(
-            "note: {:?} on the CPU runs candle's generic kernels, slower than f32; it is meant for CUDA",
+            "note: {:?} on the CPU adds casts around the f32 kernels and is slower than f32; it is meant for CUDA",
             opts.precision
         ));
     }
@@ -498,11 +498,7 @@ pub fn run(
             let grads = scaled.backward()?;
             for (slot, var) in pending.iter_mut().zip(&vars) {
                 if let Some(g) = grads.get(var.as_tensor()) {
-                    let g = if loss_scale != 1.0 {
-                        (g.detach() * loss_scale.recip())?
-                    } else {
-                        g.detach()
-                    };
+                    let g = amp::unscale(&g.detach(), loss_scale)?;
                     *slot = Some(match slot.take() {
                         Some(sum) => (sum + g)?,
                         None => g,
@@ -517,11 +513,7 @@ pub fn run(
             images += batch.len();
             let lr = schedule.lr(state.global_step);
             if state.batch % opts.accumulate == 0 || state.batch == n_batches {
-                let apply = match state.loss_scaler.as_mut() {
-                    Some(scaler) => scaler.update(amp::all_finite(&pending)?),
-                    None => true,
-                };
-                if apply {
+                if amp::step_allowed(state.loss_scaler.as_mut(), &pending)? {
                     if let Some(max) = opts.clip_grad_norm {
                         clip_grad_norm(&mut pending, max)?;
                     }

@@ -229,6 +229,7 @@ fn bad_input_fails_with_the_file_named_and_nothing_written() {
     let missing = dir.path().join("no-such-dir").join("out.onnx");
     let e = failing(&[unet, "-o", missing.to_str().unwrap()], dir.path());
     assert!(e.contains("no-such-dir/out.onnx"), "{e}");
+    assert!(!e.contains(".unet-export-"), "{e}");
 
     // A parity report that cannot be written: the error names it, and the
     // ONNX file is not written either.
