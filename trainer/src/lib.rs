@@ -6,7 +6,9 @@
 //! - [`loss`], [`metrics`], [`optim`], [`schedule`]: the training maths.
 //! - [`amp`]: mixed precision (bf16/f16) and f16 loss scaling.
 //! - [`train`]: the loop; [`checkpoint`]: resumable state; [`report`]: logs and pictures.
+//! - [`allocator`]: keeps freed memory for the next step (glibc).
 
+pub mod allocator;
 pub mod amp;
 pub mod augment;
 pub mod checkpoint;
