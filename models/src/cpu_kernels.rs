@@ -10,6 +10,7 @@
 //! and those stay the reference the tests compare these kernels with.
 //! f32 and f64 (the finite-difference tests) are supported.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{
@@ -693,9 +694,13 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 type ChannelStats = Arc<Mutex<(Vec<f64>, Vec<f64>)>>;
 
 /// Training-mode BatchNorm `(x - mean) / sqrt(var + eps) * weight + bias`
-/// over batch statistics, differentiated through the statistics.
+/// over batch statistics, differentiated through the statistics, with the
+/// ReLU that follows it in every U-Net block optionally fused: one op instead
+/// of two saves an activation-sized tensor, a pass each way and the zero-fill
+/// and sum candle's backward spends on every op's input gradient.
 struct BatchNormTrain {
     eps: f64,
+    relu: bool,
     stats: ChannelStats,
 }
 
@@ -724,6 +729,7 @@ fn bn_fwd<T: Elem>(
     bias: &[T],
     (n, c, hw): (usize, usize, usize),
     eps: f64,
+    relu: bool,
 ) -> (Vec<T>, Vec<f64>, Vec<f64>) {
     let (mean, var) = channel_stats(x, n, c, hw);
     let mut y = vec![<T as Elem>::zero(); x.len()];
@@ -738,20 +744,42 @@ fn bn_fwd<T: Elem>(
             for (y, &x) in y.iter_mut().zip(x) {
                 *y = x * scale + shift;
             }
+            if relu {
+                let zero = <T as Elem>::zero();
+                for y in y.iter_mut() {
+                    *y = if *y > zero { *y } else { zero };
+                }
+            }
         });
     (y, mean, var)
 }
 
 /// Gradients of [`bn_fwd`]: with x̂ the normalised input and M = N·H·W,
-/// dβ = Σ g, dγ = Σ g·x̂, dx = γ/σ · (g − dβ/M − x̂·dγ/M).
+/// dβ = Σ g, dγ = Σ g·x̂, dx = γ/σ · (g − dβ/M − x̂·dγ/M). With a fused ReLU,
+/// `relu_out` is the op's output and g is zero wherever it is.
+#[allow(clippy::too_many_arguments)]
 fn bn_bwd<T: Elem>(
     x: &[T],
     grad: &[T],
+    relu_out: Option<&[T]>,
     weight: &[T],
     (mean, var): (&[f64], &[f64]),
     (n, c, hw): (usize, usize, usize),
     eps: f64,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let grad: Cow<[T]> = match relu_out {
+        Some(y) => {
+            let zero = <T as Elem>::zero();
+            Cow::Owned(
+                grad.par_iter()
+                    .zip(y.par_iter())
+                    .map(|(&g, &y)| if y > zero { g } else { zero })
+                    .collect(),
+            )
+        }
+        None => Cow::Borrowed(grad),
+    };
+    let grad = &grad[..];
     let count = (n * hw) as f64;
     let (dbeta, dgamma): (Vec<f64>, Vec<f64>) = (0..c)
         .into_par_iter()
@@ -814,6 +842,7 @@ impl CustomOp3 for BatchNormTrain {
                     slice(s3, l3, name)?,
                     dims,
                     self.eps,
+                    self.relu,
                 );
                 (f32::to_cpu_storage_owned(y), m, v)
             }
@@ -824,6 +853,7 @@ impl CustomOp3 for BatchNormTrain {
                     slice(s3, l3, name)?,
                     dims,
                     self.eps,
+                    self.relu,
                 );
                 (f64::to_cpu_storage_owned(y), m, v)
             }
@@ -838,55 +868,64 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         weight: &Tensor,
         _bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
         let dims = (n, c, h * w);
         let stats = self.stats.lock().expect("stats lock");
         let (mean, var) = (stats.0.as_slice(), stats.1.as_slice());
+        let relu_out = self.relu.then_some(res);
         fn run<T: Elem>(
             x: &Tensor,
             grad: &Tensor,
+            relu_out: Option<&Tensor>,
             weight: &Tensor,
             stats: (&[f64], &[f64]),
             dims: (usize, usize, usize),
             eps: f64,
         ) -> Result<(Tensor, Tensor, Tensor)> {
+            let bwd = |xs: &[T], g: &[T], y: Option<&[T]>| {
+                with_data::<T, _>(weight, |wt| {
+                    let (dx, dgamma, dbeta) = bn_bwd(xs, g, y, wt, stats, dims, eps);
+                    let c = dims.1;
+                    Ok((
+                        Tensor::from_vec(dx, x.shape(), &Device::Cpu)?,
+                        Tensor::from_vec(dgamma, c, &Device::Cpu)?,
+                        Tensor::from_vec(dbeta, c, &Device::Cpu)?,
+                    ))
+                })
+            };
             with_data::<T, _>(x, |xs| {
-                with_data::<T, _>(grad, |g| {
-                    with_data::<T, _>(weight, |wt| {
-                        let (dx, dgamma, dbeta) = bn_bwd(xs, g, wt, stats, dims, eps);
-                        let c = dims.1;
-                        Ok((
-                            Tensor::from_vec(dx, x.shape(), &Device::Cpu)?,
-                            Tensor::from_vec(dgamma, c, &Device::Cpu)?,
-                            Tensor::from_vec(dbeta, c, &Device::Cpu)?,
-                        ))
-                    })
+                with_data::<T, _>(grad, |g| match relu_out {
+                    Some(y) => with_data::<T, _>(y, |y| bwd(xs, g, Some(y))),
+                    None => bwd(xs, g, None),
                 })
             })
         }
+        let stats = (mean, var);
         let (dx, dgamma, dbeta) = match x.dtype() {
-            candle_core::DType::F32 => run::<f32>(x, grad, weight, (mean, var), dims, self.eps)?,
-            candle_core::DType::F64 => run::<f64>(x, grad, weight, (mean, var), dims, self.eps)?,
+            candle_core::DType::F32 => run::<f32>(x, grad, relu_out, weight, stats, dims, self.eps)?,
+            candle_core::DType::F64 => run::<f64>(x, grad, relu_out, weight, stats, dims, self.eps)?,
             dt => bail!("{}: unsupported dtype {dt:?}", self.name()),
         };
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
 }
 
-/// Training-mode BatchNorm; returns the output and the batch's per-channel
-/// mean and biased variance.
+/// Training-mode BatchNorm, followed by a ReLU if `relu`; returns the output
+/// and the batch's per-channel mean and biased variance.
 pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let stats: ChannelStats = Arc::default();
     let op = BatchNormTrain {
         eps,
+        relu,
         stats: stats.clone(),
     };
     let y = x

@@ -151,11 +151,30 @@ pub fn batch_norm_train(
     weight: &Tensor,
     bias: &Tensor,
 ) -> candle_core::Result<(Tensor, BatchStats)> {
+    batch_norm_train_then(x, weight, bias, false)
+}
+
+/// [`batch_norm_train`] followed by a ReLU, fused into one op on the CPU.
+pub fn batch_norm_relu_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> candle_core::Result<(Tensor, BatchStats)> {
+    batch_norm_train_then(x, weight, bias, true)
+}
+
+fn batch_norm_train_then(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    relu: bool,
+) -> candle_core::Result<(Tensor, BatchStats)> {
     if !has_cpu_kernel(x) {
-        return batch_norm_train_composed(x, weight, bias);
+        let (y, stats) = batch_norm_train_composed(x, weight, bias)?;
+        return Ok((if relu { y.relu()? } else { y }, stats));
     }
     let (n, _, h, w) = x.dims4()?;
-    let (y, mean, var) = cpu_kernels::batch_norm_train(x, weight, bias, BN_EPS)?;
+    let (y, mean, var) = cpu_kernels::batch_norm_train(x, weight, bias, BN_EPS, relu)?;
     let stats = BatchStats {
         mean,
         unbiased_var: (var * bessel_correction(n * h * w))?,

@@ -236,11 +236,19 @@ impl UNet {
         let nodes = &self.graph.nodes;
         // Free each activation after its last consumer (matters for inference memory).
         let mut last_use = vec![0usize; nodes.len()];
+        let mut consumers = vec![0usize; nodes.len()];
         for (id, node) in nodes.iter().enumerate() {
             for &i in &node.inputs {
                 last_use[i] = id;
+                consumers[i] += 1;
             }
         }
+        // A BatchNorm whose one consumer is a ReLU computes both (one fused op on the CPU).
+        let relu_fused = |id: usize| {
+            matches!(nodes[id].op, Op::BatchNorm2d { .. })
+                && consumers[id] == 1
+                && matches!(nodes[last_use[id]].op, Op::Relu)
+        };
         let mut values: Vec<Option<Tensor>> = vec![None; nodes.len()];
         for (id, node) in nodes.iter().enumerate() {
             let input = |k: usize| -> Result<&Tensor> {
@@ -265,7 +273,10 @@ impl UNet {
                     let b = if *bias { Some(param("bias")?) } else { None };
                     layers::conv2d(input(0)?, &param("weight")?, b.as_ref(), *padding)?
                 }
-                Op::BatchNorm2d { .. } => self.batch_norm(&node.name, input(0)?, train)?,
+                Op::BatchNorm2d { .. } => {
+                    self.batch_norm(&node.name, input(0)?, train, relu_fused(id))?
+                }
+                Op::Relu if relu_fused(node.inputs[0]) => input(0)?.clone(),
                 Op::Relu => layers::relu(input(0)?)?,
                 Op::Sigmoid => candle_nn::ops::sigmoid(input(0)?)?,
                 Op::MaxPool2x2 => layers::max_pool2x2(input(0)?)?,
@@ -324,30 +335,37 @@ impl UNet {
 
     /// BatchNorm in the parameters' dtype whatever the compute dtype: batch
     /// statistics over N*H*W values lose too much in 8 mantissa bits.
-    fn batch_norm(&self, name: &str, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// BatchNorm, then a ReLU if `relu`.
+    fn batch_norm(&self, name: &str, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         match self.compute_dtype {
+            // ReLU commutes with the rounding back to the half dtype.
             Some(dtype) => Ok(self
-                .batch_norm_master(name, &x.to_dtype(self.param_dtype())?, train)?
+                .batch_norm_master(name, &x.to_dtype(self.param_dtype())?, train, relu)?
                 .to_dtype(dtype)?),
-            None => self.batch_norm_master(name, x, train),
+            None => self.batch_norm_master(name, x, train, relu),
         }
     }
 
-    fn batch_norm_master(&self, name: &str, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn batch_norm_master(&self, name: &str, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let weight = self.tensor(name, "weight")?;
         let bias = self.tensor(name, "bias")?;
         let running_mean = self.buffer(name, "running_mean")?;
         let running_var = self.buffer(name, "running_var")?;
         if !train {
-            return Ok(layers::batch_norm_eval(
+            let y = layers::batch_norm_eval(
                 x,
                 &weight,
                 &bias,
                 running_mean.as_tensor(),
                 running_var.as_tensor(),
-            )?);
+            )?;
+            return Ok(if relu { layers::relu(&y)? } else { y });
         }
-        let (y, stats) = layers::batch_norm_train(x, &weight, &bias)?;
+        let (y, stats) = if relu {
+            layers::batch_norm_relu_train(x, &weight, &bias)?
+        } else {
+            layers::batch_norm_train(x, &weight, &bias)?
+        };
         running_mean.set(&layers::momentum_update(
             running_mean.as_tensor(),
             &stats.mean,

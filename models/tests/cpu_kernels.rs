@@ -137,3 +137,36 @@ fn batch_norm_train_matches_the_composed_batch_norm() {
     assert_close("running mean", &s1.mean, &s2.mean, 1e-5);
     assert_close("running var", &s1.unbiased_var, &s2.unbiased_var, 1e-4);
 }
+
+#[test]
+fn fused_batch_norm_relu_matches_batch_norm_then_relu() {
+    // Shifted so that about a third of the outputs are cut by the ReLU.
+    let x = Var::from_tensor(&seeded(&[2, 4, 5, 6], 21).affine(2.0, 0.5).unwrap()).unwrap();
+    let gamma = Var::from_tensor(&seeded(&[4], 22).affine(1.0, 0.2).unwrap()).unwrap();
+    let beta = Var::from_tensor(&seeded(&[4], 23).affine(1.0, -0.3).unwrap()).unwrap();
+    let vars = [&x, &gamma, &beta];
+    let (ours, g1) = value_and_grads(&vars, |t| {
+        layers::batch_norm_relu_train(t[0], t[1], t[2]).unwrap().0
+    });
+    let (theirs, g2) = value_and_grads(&vars, |t| {
+        let (y, _) = layers::batch_norm_train_composed(t[0], t[1], t[2]).unwrap();
+        y.relu().unwrap()
+    });
+    let cut = theirs.eq(0f32).unwrap().to_dtype(DType::F32).unwrap();
+    let cut = cut.mean_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!((0.1..0.9).contains(&cut), "ReLU cut {cut} of the outputs");
+    assert_close("bn+relu output", &ours, &theirs, 1e-5);
+    for (name, a, b) in [
+        ("dx", &g1[0], &g2[0]),
+        ("dgamma", &g1[1], &g2[1]),
+        ("dbeta", &g1[2], &g2[2]),
+    ] {
+        assert_close(name, a, b, 1e-4);
+    }
+    let (_, fused) =
+        layers::batch_norm_relu_train(x.as_tensor(), gamma.as_tensor(), beta.as_tensor()).unwrap();
+    let (_, plain) =
+        layers::batch_norm_train(x.as_tensor(), gamma.as_tensor(), beta.as_tensor()).unwrap();
+    assert_close("running mean", &fused.mean, &plain.mean, f32::MIN_POSITIVE);
+    assert_close("running var", &fused.unbiased_var, &plain.unbiased_var, f32::MIN_POSITIVE);
+}

@@ -120,6 +120,16 @@ fn batch_norm_train_gradients() {
 }
 
 #[test]
+fn batch_norm_relu_train_gradients() {
+    let (x, w, b) = (var(&[3, 4, 5, 3], 16), var(&[4], 17), var(&[4], 18));
+    check(
+        "batch_norm_relu_train",
+        &[("x", &x), ("weight", &w), ("bias", &b)],
+        || layers::batch_norm_relu_train(&x, &w, &b).unwrap().0,
+    );
+}
+
+#[test]
 fn batch_norm_eval_gradients() {
     let (x, w, b) = (var(&[2, 4, 3, 3], 11), var(&[4], 12), var(&[4], 13));
     let mean = random(&[4], 14);
