@@ -61,12 +61,20 @@ def main() -> None:
     for i in range(args.steps + 2):
         t0 = time.perf_counter()
         y = model(x)
+        t1 = time.perf_counter()
         loss = F.binary_cross_entropy_with_logits(y, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        t2 = time.perf_counter()
         opt.step()
-        dt = time.perf_counter() - t0
-        print(f"  step {i}: {dt * 1e3:.1f} ms{' warm-up' if i < 2 else ''}", flush=True)
+        t3 = time.perf_counter()
+        dt = t3 - t0
+        print(
+            f"  step {i}: {dt * 1e3:.1f} ms (forward {(t1 - t0) * 1e3:.1f}, "
+            f"loss+backward {(t2 - t1) * 1e3:.1f}, adamw {(t3 - t2) * 1e3:.1f})"
+            f"{' warm-up' if i < 2 else ''}",
+            flush=True,
+        )
         if i >= 2:
             times.append(dt)
     print(
