@@ -8,6 +8,9 @@ steps, then the median of the timed steps. The network is `UNet(preset(name))` f
 
     python ci/bench_torch_step.py                          # unet (base 64), 256x256, batch 1, 2 threads
     RAYON_NUM_THREADS=2 target/release/unet-train bench-step --model unet --size 256 --batch-size 1
+
+`--conv-layers` times single 3x3 convolutions of the preset's shapes instead, as
+`cargo run --release -p unet-models --example conv_layers` does for candle.
 """
 
 from __future__ import annotations
@@ -41,6 +44,32 @@ def load_reference():
     return module
 
 
+# (input channels, output channels, side): as models/examples/conv_layers.rs.
+CONV_LAYERS = [
+    (3, 64, 256), (64, 64, 256), (128, 64, 256), (128, 128, 128), (256, 256, 64), (512, 512, 32), (1024, 512, 32),
+]
+
+
+def conv_layers(runs: int = 9) -> None:
+    print("conv 3x3            forward ms  backward ms")
+    for cin, cout, side in CONV_LAYERS:
+        x = torch.rand(1, cin, side, side, requires_grad=True)
+        w = torch.rand(cout, cin, 3, 3, requires_grad=True)
+        forward, backward = [], []
+        for run in range(runs + 1):
+            t0 = time.perf_counter()
+            y = F.conv2d(x, w, padding=1)
+            t1 = time.perf_counter()
+            y.sum().backward()
+            t2 = time.perf_counter()
+            x.grad = w.grad = None
+            if run > 0:
+                forward.append((t1 - t0) * 1e3)
+                backward.append((t2 - t1) * 1e3)
+        label = f"{cin}->{cout} {side}x{side}"
+        print(f"{label:<20} {statistics.median(forward):>10.1f} {statistics.median(backward):>12.1f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="unet")
@@ -48,8 +77,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps")
+    p.add_argument("--conv-layers", action="store_true", help="time single convolutions instead")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.conv_layers:
+        conv_layers()
+        return
     torch.manual_seed(0)
     ref = load_reference()
     cfg = ref.preset(args.model)
