@@ -905,8 +905,12 @@ impl CustomOp3 for BatchNormTrain {
         }
         let stats = (mean, var);
         let (dx, dgamma, dbeta) = match x.dtype() {
-            candle_core::DType::F32 => run::<f32>(x, grad, relu_out, weight, stats, dims, self.eps)?,
-            candle_core::DType::F64 => run::<f64>(x, grad, relu_out, weight, stats, dims, self.eps)?,
+            candle_core::DType::F32 => {
+                run::<f32>(x, grad, relu_out, weight, stats, dims, self.eps)?
+            }
+            candle_core::DType::F64 => {
+                run::<f64>(x, grad, relu_out, weight, stats, dims, self.eps)?
+            }
             dt => bail!("{}: unsupported dtype {dt:?}", self.name()),
         };
         Ok((Some(dx), Some(dgamma), Some(dbeta)))

@@ -168,5 +168,10 @@ fn fused_batch_norm_relu_matches_batch_norm_then_relu() {
     let (_, plain) =
         layers::batch_norm_train(x.as_tensor(), gamma.as_tensor(), beta.as_tensor()).unwrap();
     assert_close("running mean", &fused.mean, &plain.mean, f32::MIN_POSITIVE);
-    assert_close("running var", &fused.unbiased_var, &plain.unbiased_var, f32::MIN_POSITIVE);
+    assert_close(
+        "running var",
+        &fused.unbiased_var,
+        &plain.unbiased_var,
+        f32::MIN_POSITIVE,
+    );
 }

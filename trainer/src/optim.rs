@@ -9,8 +9,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use clap::ValueEnum;
-use serde::{Deserialize, Serialize};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use unet_models::candle_core::{self, CpuStorage, InplaceOp1, Layout, Storage, Tensor, Var};
 
 use crate::error::{Result, TrainError};
@@ -191,7 +191,15 @@ fn with_f32_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<
 /// in one parallel pass that updates the parameter and both moments in place: the
 /// tensor ops make a dozen passes and allocations per parameter, a tenth of a
 /// training step at base width 64, and fresh buffers cost a page fault per 4 KiB.
-fn adam_cpu(c: &OptimizerConfig, lr: f64, t: i32, theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
+fn adam_cpu(
+    c: &OptimizerConfig,
+    lr: f64,
+    t: i32,
+    theta: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+) -> Result<()> {
     let l2 = if c.kind == OptimizerKind::Adam {
         c.weight_decay
     } else {
