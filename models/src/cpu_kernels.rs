@@ -314,26 +314,30 @@ impl CustomOp2 for Conv2d {
             x: &Tensor,
             w: &Tensor,
             grad: &Tensor,
-        ) -> Result<(Tensor, Tensor)> {
+        ) -> Result<(Option<Tensor>, Tensor)> {
             let (n, cout, s) = op.shape(x.dims(), w.dims())?;
             let (ho, wo) = s.out_hw();
             with_data::<T, _>(x, |xs| {
                 with_data::<T, _>(w, |ws| {
                     with_data::<T, _>(grad, |g| {
-                        let adjoint = adjoint_kernel(ws, cout, s.cin, s.k);
-                        let back = ConvShape {
-                            cin: cout,
-                            h: ho,
-                            w: wo,
-                            k: s.k,
-                            padding: s.k - 1 - s.padding,
+                        // The network's first convolution reads the images, which
+                        // need no gradient: its input gradient is a whole convolution.
+                        let dx = if x.track_op() {
+                            let adjoint = adjoint_kernel(ws, cout, s.cin, s.k);
+                            let back = ConvShape {
+                                cin: cout,
+                                h: ho,
+                                w: wo,
+                                k: s.k,
+                                padding: s.k - 1 - s.padding,
+                            };
+                            let dx = conv_forward(g, &adjoint, n, s.cin, back);
+                            Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?)
+                        } else {
+                            None
                         };
-                        let dx = conv_forward(g, &adjoint, n, s.cin, back);
                         let dw = conv_weight_grad(xs, g, n, cout, s);
-                        Ok((
-                            Tensor::from_vec(dx, x.shape(), &Device::Cpu)?,
-                            Tensor::from_vec(dw, w.shape(), &Device::Cpu)?,
-                        ))
+                        Ok((dx, Tensor::from_vec(dw, w.shape(), &Device::Cpu)?))
                     })
                 })
             })
@@ -343,7 +347,7 @@ impl CustomOp2 for Conv2d {
             candle_core::DType::F64 => run::<f64>(self, x, w, grad)?,
             dt => bail!("{}: unsupported dtype {dt:?}", self.name()),
         };
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 

@@ -175,3 +175,17 @@ fn fused_batch_norm_relu_matches_batch_norm_then_relu() {
         f32::MIN_POSITIVE,
     );
 }
+
+#[test]
+fn conv2d_skips_the_input_gradient_of_an_input_that_needs_none() {
+    let x = seeded(&[1, 3, 8, 7], 31);
+    let w = Var::from_tensor(&seeded(&[4, 3, 3, 3], 32)).unwrap();
+    let (_, tracked) = value_and_grads(&[&Var::from_tensor(&x).unwrap(), &w], |t| {
+        layers::conv2d(t[0], t[1], None, 1).unwrap()
+    });
+    let (_, untracked) = value_and_grads(&[&w], |t| layers::conv2d(&x, t[0], None, 1).unwrap());
+    assert_close("dw", &untracked[0], &tracked[1], f32::MIN_POSITIVE);
+    let y = layers::conv2d(&x, w.as_tensor(), None, 1).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&x).is_none(), "a gradient for the plain input");
+}
