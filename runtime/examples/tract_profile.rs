@@ -33,8 +33,14 @@ fn main() -> anyhow::Result<()> {
         .with_ignore_value_info(true)
         .model_for_path(&path)?
         .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))?
-        .into_optimized()?
-        .into_runnable_with_options(&options)?;
+        .into_typed()?;
+    // The runtime's own lowering (unet_runtime::backend::tract_conv); PLAIN_TRACT=1 for tract's.
+    let plan = if std::env::var_os("PLAIN_TRACT").is_some() {
+        plan.into_optimized()?
+    } else {
+        unet_runtime::backend::tract_conv::optimize(plan)?
+    }
+    .into_runnable_with_options(&options)?;
     let mut state = plan.spawn()?;
     let input: Tensor = tract_ndarray::Array4::<f32>::from_elem(shape, 0.5).into();
     state.run(tvec!(input.clone().into()))?;
@@ -79,7 +85,12 @@ fn main() -> anyhow::Result<()> {
     let mut nodes: Vec<_> = by_node.into_iter().collect();
     nodes.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
     println!("slowest nodes:");
-    for (node, d) in nodes.iter().take(8) {
+    let shown = if std::env::var_os("ALL_NODES").is_some() {
+        nodes.len()
+    } else {
+        8
+    };
+    for (node, d) in nodes.iter().take(shown) {
         println!("  {:>8.2} ms  {node}", per_run(*d));
     }
     Ok(())

@@ -5,3 +5,5 @@
 pub mod ort;
 #[cfg(feature = "tract")]
 pub mod tract;
+#[cfg(feature = "tract")]
+pub mod tract_conv;

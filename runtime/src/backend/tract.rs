@@ -141,7 +141,8 @@ impl TractSession {
         self.model
             .clone()
             .with_input_fact(0, fact)
-            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_typed())
+            .and_then(super::tract_conv::optimize)
             .and_then(|m| m.into_runnable_with_options(&self.run_options))
             .map_err(bad)
     }
