@@ -28,13 +28,16 @@ fn main() -> anyhow::Result<()> {
         executor: Some(executor),
         ..RunOptions::default()
     };
+    if std::env::var_os("PLAIN_TRACT").is_none() {
+        unet_runtime::backend::tract_isa::tune_for_this_cpu();
+    }
     let shape = [1, 3, size, size];
     let plan = tract_onnx::onnx()
         .with_ignore_value_info(true)
         .model_for_path(&path)?
         .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))?
         .into_typed()?;
-    // The runtime's own lowering (unet_runtime::backend::tract_conv); PLAIN_TRACT=1 for tract's.
+    // The runtime's own tuning (unet_runtime::backend::tract_isa, tract_conv); PLAIN_TRACT=1 for tract's.
     let plan = if std::env::var_os("PLAIN_TRACT").is_some() {
         plan.into_optimized()?
     } else {

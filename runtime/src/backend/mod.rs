@@ -7,3 +7,5 @@ pub mod ort;
 pub mod tract;
 #[cfg(feature = "tract")]
 pub mod tract_conv;
+#[cfg(feature = "tract")]
+pub mod tract_isa;

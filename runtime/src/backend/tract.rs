@@ -39,6 +39,7 @@ impl TractSession {
         path: &Path,
         options: &SessionOptions,
     ) -> Result<(TractSession, HashMap<String, String>)> {
+        super::tract_isa::tune_for_this_cpu();
         // Read into memory instead of tract's mmap: a file truncated while
         // mapped would fault instead of returning an error.
         let bytes = std::fs::read(path).map_err(|reason| RuntimeError::Io {
