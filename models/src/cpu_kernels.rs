@@ -79,44 +79,82 @@ impl ConvShape {
         )
     }
 
-    /// Output rows per im2col tile: about 4096 output pixels, so a tile is a
-    /// wide enough matrix for gemm and its patch matrix stays in the caches' reach.
+    /// Output rows per im2col tile when a tile is spread over all threads:
+    /// about 4096 output pixels, so a tile is a wide enough matrix for gemm.
     fn tile_rows(&self) -> usize {
         let (ho, wo) = self.out_hw();
         (4096 / wo.max(1)).clamp(1, ho.max(1))
+    }
+
+    /// Output rows per tile when each thread convolves whole tiles on its own,
+    /// im2col and gemm back to back: a patch matrix of about 256 KiB of f32,
+    /// which stays in the core's L2 cache in between (a 4096-pixel tile of 64
+    /// channels is 9 MiB, written out to memory and read back by gemm's packing).
+    /// `None` when such tiles would be thinner than 64 pixels or too few to
+    /// keep the threads busy (the deep, low-resolution layers).
+    fn per_thread_tile_rows(&self, n: usize) -> Option<usize> {
+        const PATCH_ELEMS: usize = 64 << 10;
+        let (ho, wo) = self.out_hw();
+        let kk = self.cin * self.k * self.k;
+        let rows = (PATCH_ELEMS / (kk * wo.max(1))).clamp(1, ho.max(1));
+        let tiles = n * ho.div_ceil(rows);
+        (rows * wo >= 64 && tiles >= 4 * rayon::current_num_threads()).then_some(rows)
     }
 }
 
 /// Patch matrix of output rows `y0..y1` of one image: row `(ci·k + ky)·k + kx`
 /// holds the input pixels under kernel tap (ky, kx) of channel ci, zero outside.
 fn im2col<T: Elem>(x: &[T], s: ConvShape, y0: usize, y1: usize, col: &mut [T]) {
-    let (_, wo) = s.out_hw();
-    let n = (y1 - y0) * wo;
-    let zero = <T as Elem>::zero();
+    let n = (y1 - y0) * s.out_hw().1;
     col[..s.cin * s.k * s.k * n]
         .par_chunks_mut(s.k * s.k * n)
         .enumerate()
-        .for_each(|(ci, taps)| {
-            let plane = &x[ci * s.h * s.w..(ci + 1) * s.h * s.w];
-            for (tap, row) in taps.chunks_mut(n).enumerate() {
-                let (ky, kx) = (tap / s.k, tap % s.k);
-                // Output columns whose input column kx + x - padding is inside.
-                let x_lo = s.padding.saturating_sub(kx).min(wo);
-                let x_hi = (s.w + s.padding).saturating_sub(kx).clamp(x_lo, wo);
-                for (r, y) in (y0..y1).enumerate() {
-                    let out = &mut row[r * wo..(r + 1) * wo];
-                    let iy = (y + ky).wrapping_sub(s.padding);
-                    if iy >= s.h {
-                        out.fill(zero);
-                        continue;
-                    }
-                    out[..x_lo].fill(zero);
-                    let src = iy * s.w + x_lo + kx - s.padding;
-                    out[x_lo..x_hi].copy_from_slice(&plane[src..src + x_hi - x_lo]);
-                    out[x_hi..].fill(zero);
-                }
+        .for_each(|(ci, taps)| im2col_channel(x, s, y0, y1, ci, taps));
+}
+
+/// [`im2col`] on the calling thread.
+fn im2col_serial<T: Elem>(x: &[T], s: ConvShape, y0: usize, y1: usize, col: &mut [T]) {
+    let n = (y1 - y0) * s.out_hw().1;
+    for (ci, taps) in col[..s.cin * s.k * s.k * n]
+        .chunks_mut(s.k * s.k * n)
+        .enumerate()
+    {
+        im2col_channel(x, s, y0, y1, ci, taps);
+    }
+}
+
+/// The k·k rows of input channel `ci` in the patch matrix of rows `y0..y1`.
+fn im2col_channel<T: Elem>(x: &[T], s: ConvShape, y0: usize, y1: usize, ci: usize, taps: &mut [T]) {
+    let (_, wo) = s.out_hw();
+    let n = (y1 - y0) * wo;
+    let zero = <T as Elem>::zero();
+    let plane = &x[ci * s.h * s.w..(ci + 1) * s.h * s.w];
+    for (tap, row) in taps.chunks_mut(n).enumerate() {
+        let (ky, kx) = (tap / s.k, tap % s.k);
+        // Output columns whose input column kx + x - padding is inside.
+        let x_lo = s.padding.saturating_sub(kx).min(wo);
+        let x_hi = (s.w + s.padding).saturating_sub(kx).clamp(x_lo, wo);
+        for (r, y) in (y0..y1).enumerate() {
+            let out = &mut row[r * wo..(r + 1) * wo];
+            let iy = (y + ky).wrapping_sub(s.padding);
+            if iy >= s.h {
+                out.fill(zero);
+                continue;
             }
-        });
+            out[..x_lo].fill(zero);
+            let src = iy * s.w + x_lo + kx - s.padding;
+            out[x_lo..x_hi].copy_from_slice(&plane[src..src + x_hi - x_lo]);
+            out[x_hi..].fill(zero);
+        }
+    }
+}
+
+/// How a gemm call uses the threads: spread over all of them, or on the
+/// calling thread alone (when the threads each work on their own tiles).
+#[derive(Clone, Copy)]
+enum Threads {
+    All,
+    Caller,
 }
 
 /// `dst[m × n] (+)= lhs[m × k] · rhs[k × n]`, matrices given by (row, column) strides.
@@ -124,27 +162,66 @@ fn im2col<T: Elem>(x: &[T], s: ConvShape, y0: usize, y1: usize, col: &mut [T]) {
 fn gemm<T: Elem>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    lhs: &[T],
+    lhs_strides: (usize, usize),
+    rhs: &[T],
+    rhs_strides: (usize, usize),
+    threads: Threads,
+) {
+    let last = |(rs, cs): (usize, usize), rows: usize, cols: usize| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    assert!(m == 0 || n == 0 || last(dst_strides, m, n) < dst.len());
+    assert!(m == 0 || k == 0 || last(lhs_strides, m, k) < lhs.len());
+    assert!(k == 0 || n == 0 || last(rhs_strides, k, n) < rhs.len());
+    // SAFETY: the asserts keep every strided access inside the slices; `dst`
+    // is borrowed mutably, so it cannot alias `lhs` or `rhs`.
+    unsafe {
+        gemm_raw(
+            (m, n, k),
+            dst.as_mut_ptr(),
+            dst_strides,
+            accumulate,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            threads,
+        )
+    }
+}
+
+/// [`gemm`] into a raw destination.
+///
+/// # Safety
+/// `dst` must be valid for writes at every `(i, j)` offset `i·rs + j·cs`,
+/// `i < m, j < n`, with no other access to those elements meanwhile; `lhs` and
+/// `rhs` must hold their matrices at the strides given.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw<T: Elem>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
     (dst_rs, dst_cs): (usize, usize),
     accumulate: bool,
     lhs: &[T],
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[T],
     (rhs_rs, rhs_cs): (usize, usize),
+    threads: Threads,
 ) {
-    let last = |rs: usize, cs: usize, rows: usize, cols: usize| {
-        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    let parallelism = match threads {
+        Threads::All => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        Threads::Caller => gemm::Parallelism::None,
     };
-    assert!(m == 0 || n == 0 || last(dst_rs, dst_cs, m, n) < dst.len());
-    assert!(m == 0 || k == 0 || last(lhs_rs, lhs_cs, m, k) < lhs.len());
-    assert!(k == 0 || n == 0 || last(rhs_rs, rhs_cs, k, n) < rhs.len());
-    // SAFETY: the asserts keep every strided access inside the slices; `dst`
-    // is borrowed mutably, so it cannot alias `lhs` or `rhs`.
+    // SAFETY: as promised by the caller.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             dst_cs as isize,
             dst_rs as isize,
             accumulate,
@@ -159,8 +236,29 @@ fn gemm<T: Elem>(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            parallelism,
         )
+    }
+}
+
+/// Tiles of `rows` output rows, as (image, first row), for the per-thread paths.
+fn row_tiles(n: usize, ho: usize, rows: usize) -> Vec<(usize, usize)> {
+    (0..n)
+        .flat_map(|b| (0..ho).step_by(rows).map(move |y0| (b, y0)))
+        .collect()
+}
+
+/// The output of [`conv_forward`], written by threads that each own whole tiles.
+#[derive(Clone, Copy)]
+struct TileOutput<T>(*mut T);
+// SAFETY: the threads write disjoint tiles (see `conv_forward`).
+unsafe impl<T> Send for TileOutput<T> {}
+unsafe impl<T> Sync for TileOutput<T> {}
+
+impl<T> TileOutput<T> {
+    /// A method, so closures capture the whole (Sync) wrapper, not its pointer field.
+    fn ptr(self) -> *mut T {
+        self.0
     }
 }
 
@@ -168,16 +266,43 @@ fn gemm<T: Elem>(
 fn conv_forward<T: Elem>(x: &[T], weight: &[T], n: usize, cout: usize, s: ConvShape) -> Vec<T> {
     let (ho, wo) = s.out_hw();
     let kk = s.cin * s.k * s.k;
-    let rows = s.tile_rows();
     let mut y = vec![<T as Elem>::zero(); n * cout * ho * wo];
+    let image = |b: usize| &x[b * s.cin * s.h * s.w..(b + 1) * s.cin * s.h * s.w];
+    if let Some(rows) = s.per_thread_tile_rows(n) {
+        let out = TileOutput(y.as_mut_ptr());
+        row_tiles(n, ho, rows).par_iter().for_each_init(
+            || vec![<T as Elem>::zero(); kk * rows * wo],
+            |col, &(b, y0)| {
+                let y1 = (y0 + rows).min(ho);
+                let cols = (y1 - y0) * wo;
+                im2col_serial(image(b), s, y0, y1, col);
+                // SAFETY: this tile writes columns y0·wo..y1·wo of image b's
+                // `cout` output rows and no other tile does; `y` outlives the loop.
+                unsafe {
+                    gemm_raw(
+                        (cout, cols, kk),
+                        out.ptr().add(b * cout * ho * wo + y0 * wo),
+                        (ho * wo, 1),
+                        false,
+                        weight,
+                        (kk, 1),
+                        col,
+                        (cols, 1),
+                        Threads::Caller,
+                    )
+                }
+            },
+        );
+        return y;
+    }
+    let rows = s.tile_rows();
     let mut col = vec![<T as Elem>::zero(); kk * rows * wo];
     for b in 0..n {
-        let image = &x[b * s.cin * s.h * s.w..(b + 1) * s.cin * s.h * s.w];
         let out = &mut y[b * cout * ho * wo..(b + 1) * cout * ho * wo];
         for y0 in (0..ho).step_by(rows) {
             let y1 = (y0 + rows).min(ho);
             let cols = (y1 - y0) * wo;
-            im2col(image, s, y0, y1, &mut col);
+            im2col(image(b), s, y0, y1, &mut col);
             gemm(
                 (cout, cols, kk),
                 &mut out[y0 * wo..],
@@ -187,6 +312,7 @@ fn conv_forward<T: Elem>(x: &[T], weight: &[T], n: usize, cout: usize, s: ConvSh
                 (kk, 1),
                 &col,
                 (cols, 1),
+                Threads::All,
             );
         }
     }
@@ -197,29 +323,60 @@ fn conv_forward<T: Elem>(x: &[T], weight: &[T], n: usize, cout: usize, s: ConvSh
 fn conv_weight_grad<T: Elem>(x: &[T], grad: &[T], n: usize, cout: usize, s: ConvShape) -> Vec<T> {
     let (ho, wo) = s.out_hw();
     let kk = s.cin * s.k * s.k;
+    let image = |b: usize| &x[b * s.cin * s.h * s.w..(b + 1) * s.cin * s.h * s.w];
+    // Adds tile (b, y0..y0 + rows) to `dw` (overwrites it if `first`).
+    let add_tile = |dw: &mut [T],
+                    col: &mut [T],
+                    (b, y0): (usize, usize),
+                    rows: usize,
+                    first: bool,
+                    threads: Threads| {
+        let y1 = (y0 + rows).min(ho);
+        let cols = (y1 - y0) * wo;
+        match threads {
+            Threads::All => im2col(image(b), s, y0, y1, col),
+            Threads::Caller => im2col_serial(image(b), s, y0, y1, col),
+        }
+        gemm(
+            (cout, kk, cols),
+            dw,
+            (kk, 1),
+            !first,
+            &grad[b * cout * ho * wo + y0 * wo..],
+            (ho * wo, 1),
+            col,
+            (1, cols),
+            threads,
+        );
+    };
+    if let Some(rows) = s.per_thread_tile_rows(n) {
+        let tiles = row_tiles(n, ho, rows);
+        let per_thread = tiles.len().div_ceil(rayon::current_num_threads());
+        // One partial sum per fixed run of tiles, added in order: the same
+        // result whichever thread takes which run.
+        let partials: Vec<Vec<T>> = tiles
+            .par_chunks(per_thread)
+            .map(|run| {
+                let mut dw = vec![<T as Elem>::zero(); cout * kk];
+                let mut col = vec![<T as Elem>::zero(); kk * rows * wo];
+                for (i, &tile) in run.iter().enumerate() {
+                    add_tile(&mut dw, &mut col, tile, rows, i == 0, Threads::Caller);
+                }
+                dw
+            })
+            .collect();
+        let mut partials = partials.into_iter();
+        let mut dw = partials.next().expect("at least one tile");
+        for partial in partials {
+            dw.par_iter_mut().zip(&partial).for_each(|(a, &b)| *a += b);
+        }
+        return dw;
+    }
     let rows = s.tile_rows();
     let mut dw = vec![<T as Elem>::zero(); cout * kk];
     let mut col = vec![<T as Elem>::zero(); kk * rows * wo];
-    let mut first = true;
-    for b in 0..n {
-        let image = &x[b * s.cin * s.h * s.w..(b + 1) * s.cin * s.h * s.w];
-        let g = &grad[b * cout * ho * wo..(b + 1) * cout * ho * wo];
-        for y0 in (0..ho).step_by(rows) {
-            let y1 = (y0 + rows).min(ho);
-            let cols = (y1 - y0) * wo;
-            im2col(image, s, y0, y1, &mut col);
-            gemm(
-                (cout, kk, cols),
-                &mut dw,
-                (kk, 1),
-                !first,
-                &g[y0 * wo..],
-                (ho * wo, 1),
-                &col,
-                (1, cols),
-            );
-            first = false;
-        }
+    for (i, tile) in row_tiles(n, ho, rows).into_iter().enumerate() {
+        add_tile(&mut dw, &mut col, tile, rows, i == 0, Threads::All);
     }
     dw
 }
@@ -411,6 +568,7 @@ fn conv_transpose_forward<T: Elem>(x: &[T], w: &[T], dims: [usize; 5]) -> Vec<T>
             (1, cout * 4),
             &x[b * cin * hw..],
             (hw, 1),
+            Threads::All,
         );
         scatter_taps(
             &taps,
@@ -450,6 +608,7 @@ fn conv_transpose_backward<T: Elem>(
             (cout * 4, 1),
             &taps,
             (hw, 1),
+            Threads::All,
         );
         gemm(
             (cin, cout * 4, hw),
@@ -460,6 +619,7 @@ fn conv_transpose_backward<T: Elem>(
             (hw, 1),
             &taps,
             (1, hw),
+            Threads::All,
         );
     }
     (dx, dw)

@@ -189,3 +189,32 @@ fn conv2d_skips_the_input_gradient_of_an_input_that_needs_none() {
     let grads = y.sum_all().unwrap().backward().unwrap();
     assert!(grads.get(&x).is_none(), "a gradient for the plain input");
 }
+
+#[test]
+fn conv2d_tiles_per_thread_match_candle_and_repeat_bit_for_bit() {
+    // Wide enough for 19 row tiles per image (the last one partial), the path
+    // where each thread convolves its own tiles; a 2-thread pool whatever the machine.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let x = Var::from_tensor(&seeded(&[2, 32, 127, 32], 41)).unwrap();
+        let w = Var::from_tensor(&seeded(&[8, 32, 3, 3], 42)).unwrap();
+        let ours = || value_and_grads(&[&x, &w], |t| layers::conv2d(t[0], t[1], None, 1).unwrap());
+        let (y, g) = ours();
+        let (theirs, their_grads) =
+            value_and_grads(&[&x, &w], |t| t[0].conv2d(t[1], 1, 1, 1, 1).unwrap());
+        assert_close("conv output", &y, &theirs, 1e-4);
+        assert_close("conv dx", &g[0], &their_grads[0], 1e-3);
+        assert_close("conv dw", &g[1], &their_grads[1], 1e-2);
+        let (y2, g2) = ours();
+        for (label, a, b) in [
+            ("output", &y, &y2),
+            ("dx", &g[0], &g2[0]),
+            ("dw", &g[1], &g2[1]),
+        ] {
+            assert_eq!(max_abs_diff(a, b), 0.0, "{label} differs between runs");
+        }
+    });
+}
