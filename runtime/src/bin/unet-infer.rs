@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use image::{DynamicImage, Rgb, RgbImage};
 use unet_runtime::{
-    Backend, Ep, Fit, Segmentation, Segmenter, SegmenterOptions, Session, SessionOptions, Tensor4,
-    Tiling,
+    Backend, Ep, Fit, MemoryPolicy, Segmentation, Segmenter, SegmenterOptions, Session,
+    SessionOptions, Tensor4, Tiling,
 };
 
 #[derive(Parser, Debug)]
@@ -32,6 +32,10 @@ struct Cli {
     /// Only print errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Return freed memory to the system after every tensor: lower peak RSS,
+    /// slower frames (by default it is kept for the next frame).
+    #[arg(long, global = true)]
+    low_memory: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -172,6 +176,11 @@ static LOGGER: StderrLog = StderrLog;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    unet_runtime::set_memory_policy(if cli.low_memory {
+        MemoryPolicy::Return
+    } else {
+        MemoryPolicy::Keep
+    });
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(if cli.quiet {
             log::LevelFilter::Error

@@ -67,6 +67,23 @@ fn writes_masks_and_overlays() {
         .expect("mask")
         .to_luma8();
     assert!(mask.pixels().all(|p| p[0] == 0));
+
+    // --low-memory (the allocator returns freed memory) gives the same mask.
+    let status = unet_infer()
+        .arg(data("color.onnx"))
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .args(["--backend", "tract", "--low-memory", "-q"])
+        .status()
+        .expect("run");
+    assert!(status.success());
+    let mask = image::open(out.join("frame_mask.png"))
+        .expect("mask")
+        .to_luma8();
+    for (x, _, p) in mask.enumerate_pixels() {
+        assert_eq!(p[0], if x < 5 { 255 } else { 0 });
+    }
 }
 
 #[test]
