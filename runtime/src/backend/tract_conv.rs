@@ -90,6 +90,24 @@ mod tests {
 
     use super::*;
 
+    /// A 3x3, stride-1, zero-padded f32 NCHW convolution.
+    fn conv_3x3(cin: usize, cout: usize) -> Conv {
+        Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec!(3, 3),
+                padding: PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1)),
+                dilations: None,
+                strides: None,
+                input_channels: cin,
+                output_channels: cout,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: 1,
+            q_params: None,
+        }
+    }
+
     /// `x [1, cin, 4, 160] -> 3x3 conv (cin -> c1) -> 3x3 conv (c1 -> c2)`, rows wide
     /// enough for tract's direct loop, weights from a fixed pseudo-random sequence.
     fn two_convs(cin: usize, c1: usize, c2: usize) -> TractResult<TypedModel> {
@@ -105,20 +123,7 @@ mod tests {
             let kernel = tract_ndarray::Array4::from_shape_vec((cout, cin, 3, 3), weights)?;
             let kernel = model.add_const(format!("w{i}"), Tensor::from(kernel))?;
             let bias = model.add_const(format!("b{i}"), Tensor::zero::<f32>(&[cout])?)?;
-            let conv = Conv {
-                pool_spec: PoolSpec {
-                    data_format: DataFormat::NCHW,
-                    kernel_shape: tvec!(3, 3),
-                    padding: PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1)),
-                    dilations: None,
-                    strides: None,
-                    input_channels: cin,
-                    output_channels: cout,
-                },
-                kernel_fmt: KernelFormat::OIHW,
-                group: 1,
-                q_params: None,
-            };
+            let conv = conv_3x3(cin, cout);
             wire = model.wire_node(format!("conv{i}"), conv, &[wire, kernel, bias])?[0];
         }
         model.select_output_outlets(&[wire])?;
@@ -170,25 +175,11 @@ mod tests {
 
     #[test]
     fn the_rule_follows_the_measurements() {
-        let conv = |cin, cout| Conv {
-            pool_spec: PoolSpec {
-                data_format: DataFormat::NCHW,
-                kernel_shape: tvec!(3, 3),
-                padding: PaddingSpec::Valid,
-                dilations: None,
-                strides: None,
-                input_channels: cin,
-                output_channels: cout,
-            },
-            kernel_fmt: KernelFormat::OIHW,
-            group: 1,
-            q_params: None,
-        };
         for (cin, cout) in [(3, 64), (16, 16), (32, 16)] {
-            assert!(prefers_direct(&conv(cin, cout)), "{cin}->{cout}");
+            assert!(prefers_direct(&conv_3x3(cin, cout)), "{cin}->{cout}");
         }
         for (cin, cout) in [(16, 32), (32, 32), (64, 32), (64, 64), (64, 128)] {
-            assert!(!prefers_direct(&conv(cin, cout)), "{cin}->{cout}");
+            assert!(!prefers_direct(&conv_3x3(cin, cout)), "{cin}->{cout}");
         }
     }
 }
