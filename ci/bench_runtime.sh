@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runtime benchmarks (issue targets; not part of the test run):
 #  - tract vs ONNX Runtime CPU latency, unet preset at base 16 and 64, 256² and 512², 2 threads
-#  - peak RSS of unet-infer on one 512² frame (base 16, tract)
+#  - peak RSS of unet-infer on one 512² frame (base 16, tract), with and without --low-memory
 #  - size of a stripped, tract-only unet-infer
 #  - resident memory over FRAMES frames through the C ABI
 # usage: ci/bench_runtime.sh [OUT_DIR] ; env RUNS (default 30), FRAMES (default 10000)
@@ -48,8 +48,11 @@ chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.
 png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 open(sys.argv[1], "wb").write(png)
 PY
-/usr/bin/time -f "peak RSS %M KiB, wall %e s" "$bin/unet-infer" "$out/unet-16.onnx" "$out/frame512.png" \
-  -o "$out/masks" --backend tract --quiet
+for memory in "" --low-memory; do
+  echo -n "unet-infer ${memory:-(freed memory kept, the default)}: "
+  /usr/bin/time -f "peak RSS %M KiB, wall %e s" "$bin/unet-infer" "$out/unet-16.onnx" "$out/frame512.png" \
+    -o "$out/masks" --backend tract --quiet $memory
+done
 
 echo "== stripped tract-only unet-infer"
 cargo build --profile edge -q -p unet-runtime --no-default-features --features tract --bin unet-infer
