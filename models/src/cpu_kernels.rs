@@ -10,7 +10,6 @@
 //! and those stay the reference the tests compare these kernels with.
 //! f32 and f64 (the finite-difference tests) are supported.
 
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{
@@ -931,20 +930,19 @@ fn bn_bwd<T: Elem>(
     (n, c, hw): (usize, usize, usize),
     eps: f64,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let grad: Cow<[T]> = match relu_out {
-        Some(y) => {
-            let zero = <T as Elem>::zero();
-            Cow::Owned(
-                grad.par_iter()
-                    .zip(y.par_iter())
-                    .map(|(&g, &y)| if y > zero { g } else { zero })
-                    .collect(),
-            )
-        }
-        None => Cow::Borrowed(grad),
+    // dx starts as the gradient reaching the normalisation (zero where a fused
+    // ReLU cut) and becomes the input gradient in place: no second buffer.
+    let zero = <T as Elem>::zero();
+    let mut dx: Vec<T> = match relu_out {
+        Some(y) => grad
+            .par_iter()
+            .zip(y.par_iter())
+            .map(|(&g, &y)| if y > zero { g } else { zero })
+            .collect(),
+        None => grad.to_vec(),
     };
-    let grad = &grad[..];
     let count = (n * hw) as f64;
+    let g = &dx;
     let (dbeta, dgamma): (Vec<f64>, Vec<f64>) = (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -952,7 +950,7 @@ fn bn_bwd<T: Elem>(
             let (mut sum_g, mut sum_gx) = (0f64, 0f64);
             for b in 0..n {
                 let at = (b * c + ch) * hw;
-                for (&g, &x) in grad[at..at + hw].iter().zip(&x[at..at + hw]) {
+                for (&g, &x) in g[at..at + hw].iter().zip(&x[at..at + hw]) {
                     let g = g.f64();
                     sum_g += g;
                     sum_gx += g * (x.f64() - mean[ch]) * inv_std;
@@ -961,11 +959,10 @@ fn bn_bwd<T: Elem>(
             (sum_g, sum_gx)
         })
         .unzip();
-    let mut dx = vec![<T as Elem>::zero(); x.len()];
     dx.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw).zip(grad.par_chunks(hw)))
+        .zip(x.par_chunks(hw))
         .enumerate()
-        .for_each(|(plane, (dx, (x, g)))| {
+        .for_each(|(plane, (dx, x))| {
             let ch = plane % c;
             let inv_std = 1.0 / (var[ch] + eps).sqrt();
             let k = weight[ch].f64() * inv_std;
@@ -973,8 +970,8 @@ fn bn_bwd<T: Elem>(
             let b_coef = -k * dgamma[ch] / count * inv_std;
             let d = -k * dbeta[ch] / count - b_coef * mean[ch];
             let (k, b_coef, d) = (T::of(k), T::of(b_coef), T::of(d));
-            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                *dx = k * g + b_coef * x + d;
+            for (dx, &x) in dx.iter_mut().zip(x) {
+                *dx = k * *dx + b_coef * x + d;
             }
         });
     let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect();
