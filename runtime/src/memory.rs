@@ -14,6 +14,8 @@
 //!
 //! `Keep` is ONNX Runtime's CPU memory arena in effect; `Return` suits a
 //! device short of RAM. The setting is process-wide: call it once, at start-up.
+//! glibc still maps blocks of 64 MiB and more that threads other than the main
+//! one allocate (`tests/memory_policy.rs` checks the policy on the main thread).
 
 /// See the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
