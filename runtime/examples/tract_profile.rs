@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
     let plan = if std::env::var_os("PLAIN_TRACT").is_some() {
         plan.into_optimized()?
     } else {
-        unet_runtime::backend::tract_conv::optimize(plan)?
+        unet_runtime::backend::tract_conv::optimize(plan, threads)?
     }
     .into_runnable_with_options(&options)?;
     let mut state = plan.spawn()?;

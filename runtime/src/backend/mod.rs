@@ -9,3 +9,5 @@ pub mod tract;
 pub mod tract_conv;
 #[cfg(feature = "tract")]
 pub mod tract_isa;
+#[cfg(feature = "tract")]
+pub mod tract_tiled_conv;

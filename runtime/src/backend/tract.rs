@@ -22,6 +22,7 @@ type Plan = Arc<TypedRunnableModel>;
 pub struct TractSession {
     model: InferenceModel,
     run_options: RunOptions,
+    threads: usize,
     input_channels: Option<usize>,
     /// The plan for `shape` and its reusable state.
     cached: Option<([usize; 4], TypedSimpleState)>,
@@ -120,6 +121,7 @@ impl TractSession {
             TractSession {
                 model,
                 run_options,
+                threads: options.threads,
                 input_channels,
                 cached: None,
             },
@@ -143,7 +145,7 @@ impl TractSession {
             .clone()
             .with_input_fact(0, fact)
             .and_then(|m| m.into_typed())
-            .and_then(super::tract_conv::optimize)
+            .and_then(|m| super::tract_conv::optimize(m, self.threads))
             .and_then(|m| m.into_runnable_with_options(&self.run_options))
             .map_err(bad)
     }

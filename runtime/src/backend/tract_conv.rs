@@ -22,41 +22,36 @@
 //! A frame of `unet` (base 64) at 256x256 takes 13 % less; see
 //! `examples/tract_profile.rs` (`PLAIN_TRACT=1` for tract's own choice).
 
+use std::sync::Arc;
+
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::knobs::KnobScope;
-use tract_onnx::tract_core::ops::cnn::Conv;
+use tract_onnx::tract_core::ops::array::TypedConcat;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
 
-/// Output channels up to which the direct loop is kept whatever the input.
-const MAX_DIRECT_OUTPUT_CHANNELS: usize = 16;
-/// Largest Cin·Cout the direct loop is kept for with more output channels.
-const MAX_DIRECT_CHANNEL_PRODUCT: usize = 256;
-
-/// Whether tract's direct spatial loop beats im2col for `conv` (see the table above).
-pub fn prefers_direct(conv: &Conv) -> bool {
-    let (cin, cout) = (conv.input_channels(), conv.output_channels());
-    cout <= MAX_DIRECT_OUTPUT_CHANNELS || cin * cout <= MAX_DIRECT_CHANNEL_PRODUCT
-}
+use super::tract_tiled_conv::{self as tiled_conv, TiledConv};
 
 /// `model` declutterred and optimised as `into_optimized` does, with the
-/// convolution choice above on x86-64 (where it was measured).
-pub fn optimize(model: TypedModel) -> TractResult<TypedModel> {
+/// convolutions [`TiledConv`] suits on `threads` threads replaced by it.
+pub fn optimize(model: TypedModel, threads: usize) -> TractResult<TypedModel> {
     let mut model = model.into_decluttered()?;
     let mut optimizer = Optimizer::codegen();
-    if cfg!(target_arch = "x86_64") {
-        // After constant propagation and axis merging, before the generic codegen.
-        optimizer.add_pass(2, Box::new(LowerWideConvs));
-    }
+    // After constant propagation and axis merging, before the generic codegen.
+    optimizer.add_pass(2, Box::new(UseTiledConvs { threads }));
     optimizer.optimize(&mut model)?;
     Ok(model)
 }
 
-/// Codegens the convolutions [`prefers_direct`] rejects with tract's direct
-/// spatial loop switched off, so they become im2col and a matrix product.
+/// Replaces each convolution [`tiled_conv`] takes, with the channel `Concat`
+/// feeding it and the ReLU after it, by one [`TiledConv`].
 #[derive(Clone, Debug)]
-struct LowerWideConvs;
+struct UseTiledConvs {
+    threads: usize,
+}
 
-impl TypedPass for LowerWideConvs {
+impl TypedPass for UseTiledConvs {
     fn reset(&mut self) -> TractResult<()> {
         Ok(())
     }
@@ -66,16 +61,8 @@ impl TypedPass for LowerWideConvs {
         _session: &mut OptimizerSession,
         model: &TypedModel,
     ) -> TractResult<Option<TypedModelPatch>> {
-        let no_direct = KnobScope::new([("TRACT_DISABLE_DIRECT_SPATIAL", "true")])?;
         for node in &model.nodes {
-            let Some(conv) = node.op_as::<Conv>() else {
-                continue;
-            };
-            if prefers_direct(conv) {
-                continue;
-            }
-            // Each patch replaces the Conv node, so the scan moves on.
-            if let Some(patch) = no_direct.enter(|| conv.codegen(model, node))? {
+            if let Some(patch) = tiled_conv(model, node, self.threads)? {
                 return Ok(Some(patch));
             }
         }
@@ -83,20 +70,178 @@ impl TypedPass for LowerWideConvs {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+/// A concrete-shape f32 NCHW tensor's dimensions.
+fn nchw(model: &TypedModel, outlet: OutletId) -> TractResult<Option<[usize; 4]>> {
+    let fact = model.outlet_fact(outlet)?;
+    Ok((fact.datum_type == f32::datum_type())
+        .then(|| {
+            fact.shape
+                .as_concrete()
+                .and_then(|s| <[usize; 4]>::try_from(s).ok())
+        })
+        .flatten())
+}
+
+/// Whether `outlet` feeds exactly one node and is not a model output.
+fn feeds_one_node(model: &TypedModel, outlet: OutletId) -> TractResult<bool> {
+    Ok(model.outlet_successors(outlet).len() == 1 && !model.output_outlets()?.contains(&outlet))
+}
+
+/// Whether `node` is `max(x, 0)` with the zero a constant that broadcasts.
+fn is_relu(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
+    let Some(op) = node.op_as::<TypedBinOp>() else {
+        return Ok(false);
+    };
+    if op.0.name() != "Max" || node.inputs.len() != 2 {
+        return Ok(false);
+    }
+    let zero = model.outlet_fact(node.inputs[1])?;
+    let Some(zero) = &zero.konst else {
+        return Ok(false);
+    };
+    let Ok(values) = zero
+        .try_as_plain_ram()
+        .and_then(|v| v.as_slice::<f32>().map(|s| s.to_vec()))
+    else {
+        return Ok(false);
+    };
+    Ok(zero.len() == 1 && values == [0.0])
+}
+
+/// The patch turning `node` into a [`TiledConv`], if it is a stride-1,
+/// ungrouped f32 NCHW convolution with constant weights, a kernel larger than
+/// 1x1 (a 1x1 needs no im2col: tract runs it as one matrix product) and a
+/// shape [`tiled_conv::suits`] on `threads` threads.
+fn tiled_conv(
+    model: &TypedModel,
+    node: &TypedNode,
+    threads: usize,
+) -> TractResult<Option<TypedModelPatch>> {
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let spec = &conv.pool_spec;
+    let (&[kh, kw], [1, 1], [1, 1]) = (
+        spec.kernel_shape.as_slice(),
+        spec.strides().as_ref(),
+        spec.dilations().as_ref(),
+    ) else {
+        return Ok(None);
+    };
+    if conv.q_params.is_some()
+        || conv.group != 1
+        || spec.data_format != DataFormat::NCHW
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || (kh, kw) == (1, 1)
+        || node.inputs.len() != 3
+    {
+        return Ok(None);
+    }
+    let padding = match &spec.padding {
+        PaddingSpec::Valid => [0; 4],
+        PaddingSpec::Explicit(before, after) if before.len() == 2 && after.len() == 2 => {
+            [before[0], before[1], after[0], after[1]]
+        }
+        _ => return Ok(None),
+    };
+    let Some([n, cin, h, w]) = nchw(model, node.inputs[0])? else {
+        return Ok(None);
+    };
+    let [top, left, bottom, right] = padding;
+    let (Some(ho), Some(wo)) = (
+        (h + top + bottom + 1).checked_sub(kh),
+        (w + left + right + 1).checked_sub(kw),
+    ) else {
+        return Ok(None);
+    };
+    if !tiled_conv::suits(cin * kh * kw, n, (ho, wo), threads) {
+        return Ok(None);
+    }
+    let cout = spec.output_channels;
+    let (Some(kernel), Some(bias)) = (
+        model.outlet_fact(node.inputs[1])?.konst.clone(),
+        model.outlet_fact(node.inputs[2])?.konst.clone(),
+    ) else {
+        return Ok(None);
+    };
+    if kernel.datum_type() != f32::datum_type()
+        || kernel.shape() != [cout, cin, kh, kw]
+        || bias.datum_type() != f32::datum_type()
+        || !(bias.len() == cout || bias.len() == 1)
+    {
+        return Ok(None);
+    }
+    let weights = kernel.into_tensor().into_shape(&[cout, cin * kh * kw])?;
+    let bias_len = bias.len();
+    let bias = bias
+        .into_tensor()
+        .into_shape(&[bias_len])?
+        .broadcast_to_shape(&[cout])?;
+
+    // A channel concatenation only this convolution reads is read in place.
+    let mut inputs: TVec<OutletId> = tvec![node.inputs[0]];
+    let mut parts: TVec<usize> = tvec![cin];
+    let producer = model.node(node.inputs[0].node);
+    if let Some(concat) = producer.op_as::<TypedConcat>() {
+        let channels = producer
+            .inputs
+            .iter()
+            .map(|&i| Ok(nchw(model, i)?.map(|s| s[1])))
+            .collect::<TractResult<Option<TVec<usize>>>>()?;
+        if let (1, true, Some(channels)) = (
+            concat.axis,
+            feeds_one_node(model, node.inputs[0])?,
+            channels,
+        ) {
+            inputs = producer.inputs.iter().copied().collect();
+            parts = channels;
+        }
+    }
+    // So is a ReLU only it feeds.
+    let mut output = OutletId::new(node.id, 0);
+    let mut relu = false;
+    if feeds_one_node(model, output)? {
+        let next = model.node(model.outlet_successors(output)[0].node);
+        if next.inputs[0] == output && is_relu(model, next)? {
+            output = OutletId::new(next.id, 0);
+            relu = true;
+        }
+    }
+    let op = TiledConv {
+        parts,
+        output_channels: cout,
+        kernel: (kh, kw),
+        padding,
+        weights: Arc::new(weights),
+        bias: Arc::new(bias),
+        relu,
+    };
+    let mut patch = TypedModelPatch::default();
+    let taps = inputs
+        .iter()
+        .map(|&i| patch.tap_model(model, i))
+        .collect::<TractResult<TVec<_>>>()?;
+    let wire = patch.wire_node(&node.name, op, &taps)?[0];
+    patch.shunt_outside(model, output, wire)?;
+    Ok(Some(patch))
+}
+
+#[cfg(test)]
 mod tests {
-    use tract_onnx::tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
-    use tract_onnx::tract_core::ops::nn::DataFormat;
+    use tract_linalg::multithread::Executor;
+    use tract_onnx::tract_core::ops::cnn::PoolSpec;
+    use tract_onnx::tract_core::ops::math::max;
+    use tract_onnx::tract_core::runtime::RunOptions;
 
     use super::*;
 
-    /// A 3x3, stride-1, zero-padded f32 NCHW convolution.
-    fn conv_3x3(cin: usize, cout: usize) -> Conv {
+    /// A stride-1 f32 NCHW convolution with padding (top, left, bottom, right).
+    fn conv(cin: usize, cout: usize, (kh, kw): (usize, usize), [t, l, b, r]: [usize; 4]) -> Conv {
         Conv {
             pool_spec: PoolSpec {
                 data_format: DataFormat::NCHW,
-                kernel_shape: tvec!(3, 3),
-                padding: PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1)),
+                kernel_shape: tvec!(kh, kw),
+                padding: PaddingSpec::Explicit(tvec!(t, l), tvec!(b, r)),
                 dilations: None,
                 strides: None,
                 input_channels: cin,
@@ -108,25 +253,55 @@ mod tests {
         }
     }
 
-    /// `x [1, cin, 4, 160] -> 3x3 conv (cin -> c1) -> 3x3 conv (c1 -> c2)`, rows wide
-    /// enough for tract's direct loop, weights from a fixed pseudo-random sequence.
-    fn two_convs(cin: usize, c1: usize, c2: usize) -> TractResult<TypedModel> {
+    /// Values from a fixed pseudo-random sequence in [-0.5, 0.5).
+    fn values(len: usize, mut seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    const N: usize = 2;
+    const H: usize = 64;
+    const W: usize = 64;
+
+    /// `relu(conv 3x3 same (concat(a [N, 8, H, W], b [N, 16, H, W])))`, then a
+    /// 3x3 `valid` conv, then a 2x3 conv padded unevenly, both with bias. With
+    /// `concat_out`, the concatenation is also a model output.
+    fn model(concat_out: bool) -> TractResult<TypedModel> {
         let mut model = TypedModel::default();
-        let mut wire = model.add_source("x", f32::fact([1, cin, 4, 160]))?;
-        let mut seed = 1u32;
-        let mut next = move || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
-        for (i, (cin, cout)) in [(cin, c1), (c1, c2)].into_iter().enumerate() {
-            let weights: Vec<f32> = (0..cout * cin * 9).map(|_| next()).collect();
-            let kernel = tract_ndarray::Array4::from_shape_vec((cout, cin, 3, 3), weights)?;
+        let a = model.add_source("a", f32::fact([N, 8, H, W]))?;
+        let b = model.add_source("b", f32::fact([N, 16, H, W]))?;
+        let concat = model.wire_node("concat", TypedConcat { axis: 1 }, &[a, b])?[0];
+        let layers = [
+            (24, 16, (3, 3), [1, 1, 1, 1]),
+            (16, 12, (3, 3), [0, 0, 0, 0]),
+            (12, 8, (2, 3), [1, 0, 0, 2]),
+        ];
+        let mut wire = concat;
+        for (i, (cin, cout, (kh, kw), padding)) in layers.into_iter().enumerate() {
+            let kernel = tract_ndarray::Array4::from_shape_vec(
+                (cout, cin, kh, kw),
+                values(cout * cin * kh * kw, i as u32),
+            )?;
             let kernel = model.add_const(format!("w{i}"), Tensor::from(kernel))?;
-            let bias = model.add_const(format!("b{i}"), Tensor::zero::<f32>(&[cout])?)?;
-            let conv = conv_3x3(cin, cout);
-            wire = model.wire_node(format!("conv{i}"), conv, &[wire, kernel, bias])?[0];
+            let bias = tract_ndarray::Array1::from_vec(values(cout, 10 + i as u32));
+            let bias = model.add_const(format!("b{i}"), Tensor::from(bias))?;
+            let op = conv(cin, cout, (kh, kw), padding);
+            wire = model.wire_node(format!("conv{i}"), op, &[wire, kernel, bias])?[0];
+            if i == 0 {
+                let zero = model.add_const("zero", Tensor::zero::<f32>(&[1, 1, 1, 1])?)?;
+                wire = model.wire_node("relu", max(), &[wire, zero])?[0];
+            }
         }
-        model.select_output_outlets(&[wire])?;
+        let outputs = if concat_out {
+            vec![wire, concat]
+        } else {
+            vec![wire]
+        };
+        model.select_output_outlets(&outputs)?;
         Ok(model)
     }
 
@@ -138,48 +313,77 @@ mod tests {
             .collect()
     }
 
-    fn run(model: TypedModel, cin: usize) -> TractResult<Vec<f32>> {
-        let x: Vec<f32> = (0..cin * 4 * 160)
-            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
-            .collect();
-        let x = tract_ndarray::Array4::from_shape_vec((1, cin, 4, 160), x)?;
-        let out = model.into_runnable()?.run(tvec!(Tensor::from(x).into()))?;
+    fn count(model: &TypedModel, op: &str) -> usize {
+        op_names(model).iter().filter(|n| *n == op).count()
+    }
+
+    /// The first output of `model` on fixed inputs, with `threads` threads.
+    fn run(model: TypedModel, threads: usize) -> TractResult<Vec<f32>> {
+        let a = tract_ndarray::Array4::from_shape_vec((N, 8, H, W), values(N * 8 * H * W, 20))?;
+        let b = tract_ndarray::Array4::from_shape_vec((N, 16, H, W), values(N * 16 * H * W, 21))?;
+        let executor = if threads > 1 {
+            Executor::multithread(threads)
+        } else {
+            Executor::SingleThread
+        };
+        let options = RunOptions {
+            executor: Some(executor),
+            ..RunOptions::default()
+        };
+        let plan = model.into_runnable_with_options(&options)?;
+        let out = plan.run(tvec!(Tensor::from(a).into(), Tensor::from(b).into()))?;
         let view = out[0].to_plain_array_view::<f32>()?;
         Ok(view.iter().copied().collect())
     }
 
-    #[test]
-    fn wide_convs_leave_the_direct_loop_and_compute_the_same() -> TractResult<()> {
-        // 16->16 keeps the direct loop; 16->32 (Cin·Cout 512, 32 outputs) does not.
-        let plain = two_convs(16, 16, 32)?.into_optimized()?;
-        let ours = optimize(two_convs(16, 16, 32)?)?;
-        let count = |names: &[String], op: &str| names.iter().filter(|n| *n == op).count();
-        assert_eq!(
-            count(&op_names(&plain), "DirectSpatialConv"),
-            2,
-            "{:?}",
-            op_names(&plain)
-        );
-        let names = op_names(&ours);
-        assert_eq!(count(&names, "DirectSpatialConv"), 1, "{names:?}");
-        assert!(count(&names, "OptMatMul") >= 1, "{names:?}");
-        let (a, b) = (run(plain, 16)?, run(ours, 16)?);
-        let err = a
-            .iter()
-            .zip(&b)
+    fn max_abs_difference(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
             .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+            .fold(0f32, f32::max)
+    }
+
+    #[test]
+    fn tiled_convs_compute_what_tract_computes() -> TractResult<()> {
+        let expected = run(model(false)?.into_optimized()?, 1)?;
+        // The 2x3 conv's last output column sees only padding: its value is the bias.
+        assert!(expected.iter().any(|v| *v != 0.0));
+        for threads in [1, 2] {
+            let ours = optimize(model(false)?, threads)?;
+            assert_eq!(count(&ours, "TiledConv"), 3, "{:?}", op_names(&ours));
+            // The concatenation and the ReLU are folded in.
+            assert_eq!(count(&ours, "Concat"), 0, "{:?}", op_names(&ours));
+            assert!(
+                !op_names(&ours).iter().any(|n| n.contains("Max")),
+                "{:?}",
+                op_names(&ours)
+            );
+            let err = max_abs_difference(&run(ours, threads)?, &expected);
+            assert!(err < 1e-4, "{threads} threads: max abs difference {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_concatenation_read_elsewhere_is_kept() -> TractResult<()> {
+        let ours = optimize(model(true)?, 2)?;
+        assert_eq!(count(&ours, "TiledConv"), 3, "{:?}", op_names(&ours));
+        assert_eq!(count(&ours, "Concat"), 1, "{:?}", op_names(&ours));
+        let expected = run(model(true)?.into_optimized()?, 1)?;
+        let err = max_abs_difference(&run(ours, 2)?, &expected);
         assert!(err < 1e-4, "max abs difference {err}");
         Ok(())
     }
 
     #[test]
-    fn the_rule_follows_the_measurements() {
-        for (cin, cout) in [(3, 64), (16, 16), (32, 16)] {
-            assert!(prefers_direct(&conv_3x3(cin, cout)), "{cin}->{cout}");
-        }
-        for (cin, cout) in [(16, 32), (32, 32), (64, 32), (64, 64), (64, 128)] {
-            assert!(!prefers_direct(&conv_3x3(cin, cout)), "{cin}->{cout}");
-        }
+    fn deep_low_resolution_convs_stay_with_tract() {
+        // 64->64 at 256x256: 4-row tiles of 1024 pixels, 64 per image.
+        assert!(tiled_conv::suits(64 * 9, 1, (256, 256), 2));
+        // 512->512 at 32x32: one-row tiles of 32 pixels.
+        assert!(!tiled_conv::suits(512 * 9, 1, (32, 32), 2));
+        // 16 channels at 16x16: one 256-pixel tile, too few for 2 threads.
+        assert!(!tiled_conv::suits(16 * 9, 1, (16, 16), 2));
+        assert!(tiled_conv::suits(16 * 9, 4, (16, 16), 1));
     }
 }

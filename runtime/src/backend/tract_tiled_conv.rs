@@ -1,0 +1,325 @@
+//! `TiledConv`: a stride-1 f32 NCHW convolution op for tract that works on
+//! row tiles small enough to stay in a core's L2 cache.
+//!
+//! tract lowers a convolution to a separate `Pad`, a whole-image im2col and a
+//! matrix product (or, with few output channels, a direct loop that streams
+//! the input once per four of them), and a channel `Concat` before it is a
+//! copy of its own. Here each thread takes whole tiles of output rows: it
+//! gathers a tile's patch matrix (about 256 KiB, zero padding written in
+//! place) straight from the inputs of the concatenation, multiplies it with
+//! the weights on the same core, and adds the bias and the ReLU while the
+//! tile is still in cache.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use tract_linalg::multithread::{current_tract_executor, Executor};
+use tract_onnx::tract_core::internal::*;
+
+/// A convolution of the channel concatenation of its inputs, then bias and
+/// optionally ReLU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TiledConv {
+    /// Input channels of each input, concatenated in this order.
+    pub parts: TVec<usize>,
+    pub output_channels: usize,
+    /// (height, width).
+    pub kernel: (usize, usize),
+    /// Zero padding as (top, left, bottom, right).
+    pub padding: [usize; 4],
+    /// `[output_channels, Σparts · kh · kw]`: OIHW weights, one row per output channel.
+    pub weights: Arc<Tensor>,
+    /// `[output_channels]`.
+    pub bias: Arc<Tensor>,
+    pub relu: bool,
+}
+
+/// Patch-matrix elements per tile when each thread works alone: 256 KiB of f32.
+const PATCH_ELEMS: usize = 64 << 10;
+
+/// The geometry of one evaluation.
+#[derive(Clone, Copy)]
+struct Geometry {
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    /// Rows of the patch matrix: Σparts · kh · kw.
+    depth: usize,
+}
+
+impl TiledConv {
+    fn input_channels(&self) -> usize {
+        self.parts.iter().sum()
+    }
+
+    fn output_hw(&self, h: usize, w: usize) -> TractResult<(usize, usize)> {
+        let [top, left, bottom, right] = self.padding;
+        let (kh, kw) = self.kernel;
+        ensure!(
+            h + top + bottom >= kh && w + left + right >= kw,
+            "a {h}x{w} input is smaller than the {kh}x{kw} kernel"
+        );
+        Ok((h + top + bottom + 1 - kh, w + left + right + 1 - kw))
+    }
+
+    /// Writes the patch matrix of output rows `y0..y1` of image `b` into
+    /// `patches`: row `(c·kh + ky)·kw + kx` holds channel c's pixels under
+    /// kernel tap (ky, kx), zero outside the input.
+    fn im2col(
+        &self,
+        inputs: &[&[f32]],
+        g: Geometry,
+        b: usize,
+        y0: usize,
+        y1: usize,
+        patches: &mut [f32],
+    ) {
+        let (kh, kw) = self.kernel;
+        let [top, left, ..] = self.padding;
+        let cols = (y1 - y0) * g.wo;
+        let plane = g.h * g.w;
+        let channels = inputs
+            .iter()
+            .zip(&self.parts)
+            .flat_map(|(input, &c)| input[b * c * plane..(b + 1) * c * plane].chunks_exact(plane));
+        let taps = channels.flat_map(|channel| {
+            (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (channel, ky, kx)))
+        });
+        for (row, (channel, ky, kx)) in patches[..g.depth * cols].chunks_exact_mut(cols).zip(taps) {
+            // Output columns whose input column x + kx - left is inside.
+            let x_lo = left.saturating_sub(kx).min(g.wo);
+            let x_hi = (g.w + left).saturating_sub(kx).clamp(x_lo, g.wo);
+            for (out, y) in row.chunks_exact_mut(g.wo).zip(y0..y1) {
+                let iy = (y + ky).wrapping_sub(top);
+                if iy >= g.h {
+                    out.fill(0.0);
+                    continue;
+                }
+                out[..x_lo].fill(0.0);
+                if x_hi > x_lo {
+                    // Then x_lo + kx >= left: x_lo was not clamped.
+                    let from = iy * g.w + x_lo + kx - left;
+                    out[x_lo..x_hi].copy_from_slice(&channel[from..from + x_hi - x_lo]);
+                }
+                out[x_hi..].fill(0.0);
+            }
+        }
+    }
+
+    /// Output rows `y0..y1` of image `b`: weights × patches, then bias and ReLU,
+    /// on the calling thread.
+    ///
+    /// # Safety
+    /// `out` must point to the `[N, Cout, ho, wo]` output, and no other thread
+    /// may access these rows of image `b` meanwhile.
+    unsafe fn tile(
+        &self,
+        g: Geometry,
+        b: usize,
+        y0: usize,
+        y1: usize,
+        patches: &[f32],
+        out: *mut f32,
+    ) {
+        let cols = (y1 - y0) * g.wo;
+        let plane = g.ho * g.wo;
+        let weights = self
+            .weights
+            .try_as_plain_ram()
+            .and_then(|w| w.as_slice::<f32>());
+        let bias = self
+            .bias
+            .try_as_plain_ram()
+            .and_then(|b| b.as_slice::<f32>());
+        let (Ok(weights), Ok(bias)) = (weights, bias) else {
+            unreachable!("TiledConv is only built with plain f32 weights and bias");
+        };
+        // SAFETY: the caller owns rows y0..y1 of image b: `cout` rows of `cols`
+        // floats at stride `plane`, inside the output.
+        unsafe {
+            let dst = out.add(b * self.output_channels * plane + y0 * g.wo);
+            gemm::gemm(
+                self.output_channels,
+                cols,
+                g.depth,
+                dst,
+                1,
+                plane as isize,
+                false,
+                weights.as_ptr(),
+                1,
+                g.depth as isize,
+                patches.as_ptr(),
+                1,
+                cols as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+            for (co, &bias) in bias.iter().enumerate() {
+                let row = std::slice::from_raw_parts_mut(dst.add(co * plane), cols);
+                if self.relu {
+                    row.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
+                } else {
+                    row.iter_mut().for_each(|v| *v += bias);
+                }
+            }
+        }
+    }
+
+    fn run(&self, inputs: &[&[f32]], n: usize, g: Geometry, out: &mut [f32], threads: usize) {
+        let out_ptr = OutputPtr(out.as_mut_ptr());
+        let rows = tile_rows(g.depth, g.ho, g.wo);
+        let tiles: Vec<(usize, usize)> = (0..n)
+            .flat_map(|b| (0..g.ho).step_by(rows).map(move |y0| (b, y0)))
+            .collect();
+        let convolve = |patches: &mut Vec<f32>, &(b, y0): &(usize, usize)| {
+            let y1 = (y0 + rows).min(g.ho);
+            self.im2col(inputs, g, b, y0, y1, patches);
+            // SAFETY: tiles are disjoint and each is taken by one thread.
+            unsafe { self.tile(g, b, y0, y1, patches, out_ptr.get()) }
+        };
+        let buffer = || vec![0f32; g.depth * rows * g.wo];
+        if threads == 1 {
+            let mut patches = buffer();
+            tiles.iter().for_each(|tile| convolve(&mut patches, tile));
+        } else {
+            tiles.par_iter().for_each_init(buffer, convolve);
+        }
+    }
+}
+
+/// Output rows per tile: a patch matrix of about 256 KiB of f32, which stays
+/// in the core's L2 cache from its gathering to the matrix product.
+fn tile_rows(depth: usize, ho: usize, wo: usize) -> usize {
+    (PATCH_ELEMS / (depth * wo).max(1)).clamp(1, ho.max(1))
+}
+
+/// Whether [`TiledConv`] suits a convolution with `depth` patch rows (Cin·kh·kw)
+/// and `n` images of `ho`x`wo` outputs on `threads` threads: its tiles must be
+/// at least 64 pixels wide, or the matrix product repacks the weights for too
+/// little work, and at least four per thread, to balance the threads. The deep,
+/// low-resolution layers fail this; tract's lazy im2col handles them as well.
+pub fn suits(depth: usize, n: usize, (ho, wo): (usize, usize), threads: usize) -> bool {
+    let rows = tile_rows(depth, ho, wo);
+    rows * wo >= 64 && n * ho.div_ceil(rows) >= 4 * threads.max(1)
+}
+
+/// The output, written by threads that each own whole tiles.
+#[derive(Clone, Copy)]
+struct OutputPtr(*mut f32);
+// SAFETY: the threads write disjoint tiles (see `TiledConv::run`).
+unsafe impl Send for OutputPtr {}
+unsafe impl Sync for OutputPtr {}
+
+impl OutputPtr {
+    /// A method, so closures capture the whole (Sync) wrapper, not its field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl Op for TiledConv {
+    fn name(&self) -> StaticName {
+        "TiledConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{:?} -> {}, kernel {:?}, padding {:?}, relu {}",
+            self.parts, self.output_channels, self.kernel, self.padding, self.relu
+        )])
+    }
+
+    fn as_typed(&self) -> Option<&dyn TypedOp> {
+        Some(self)
+    }
+}
+
+impl EvalOp for TiledConv {
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == self.parts.len());
+        let shape = inputs[0].shape();
+        ensure!(shape.len() == 4, "TiledConv takes NCHW inputs");
+        let (n, h, w) = (shape[0], shape[2], shape[3]);
+        for (input, &channels) in inputs.iter().zip(&self.parts) {
+            ensure!(
+                input.shape() == [n, channels, h, w],
+                "input shape {:?}",
+                input.shape()
+            );
+        }
+        let (ho, wo) = self.output_hw(h, w)?;
+        let (kh, kw) = self.kernel;
+        let g = Geometry {
+            h,
+            w,
+            ho,
+            wo,
+            depth: self.input_channels() * kh * kw,
+        };
+        let slices = inputs
+            .iter()
+            .map(|t| t.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()))
+            .collect::<TractResult<TVec<&[f32]>>>()?;
+        // SAFETY: every element is written: each tile covers all output channels
+        // of its rows, and the tiles cover all rows of all images.
+        let mut output =
+            unsafe { Tensor::uninitialized::<f32>(&[n, self.output_channels, ho, wo])? };
+        let mut out = output.try_as_plain_ram_mut()?;
+        let out = out.as_slice_mut::<f32>()?;
+        match current_tract_executor() {
+            Executor::MultiThread(pool) => {
+                let threads = pool.current_num_threads();
+                pool.install(|| self.run(&slices, n, g, out, threads))
+            }
+            Executor::RayonGlobal => self.run(&slices, n, g, out, rayon::current_num_threads()),
+            Executor::SingleThread => self.run(&slices, n, g, out, 1),
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+
+    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+        Ok(Some(EvalOp::eval(
+            self,
+            &EvalContext::out_of_plan(),
+            inputs,
+        )?))
+    }
+}
+
+impl TypedOp for TiledConv {
+    fn as_op(&self) -> &dyn Op {
+        self
+    }
+
+    fn as_op_mut(&mut self) -> &mut dyn Op {
+        self
+    }
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == self.parts.len());
+        let first = inputs[0]
+            .shape
+            .as_concrete()
+            .context("TiledConv needs concrete shapes")?;
+        ensure!(first.len() == 4);
+        for (input, &channels) in inputs.iter().zip(&self.parts) {
+            ensure!(input.datum_type == f32::datum_type());
+            let shape = input
+                .shape
+                .as_concrete()
+                .context("TiledConv needs concrete shapes")?;
+            ensure!(
+                shape == [first[0], channels, first[2], first[3]],
+                "input shape {shape:?} for {channels} channels"
+            );
+        }
+        let (ho, wo) = self.output_hw(first[2], first[3])?;
+        Ok(tvec!(f32::fact([first[0], self.output_channels, ho, wo])))
+    }
+}
