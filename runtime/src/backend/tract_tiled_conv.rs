@@ -177,20 +177,37 @@ impl TiledConv {
         let tiles: Vec<(usize, usize)> = (0..n)
             .flat_map(|b| (0..g.ho).step_by(rows).map(move |y0| (b, y0)))
             .collect();
-        let convolve = |patches: &mut Vec<f32>, &(b, y0): &(usize, usize)| {
+        let len = g.depth * rows * g.wo;
+        let convolve = |&(b, y0): &(usize, usize)| {
             let y1 = (y0 + rows).min(g.ho);
-            self.im2col(inputs, g, b, y0, y1, patches);
-            // SAFETY: tiles are disjoint and each is taken by one thread.
-            unsafe { self.tile(g, b, y0, y1, patches, out_ptr.get()) }
+            with_patch_buffer(len, |patches| {
+                self.im2col(inputs, g, b, y0, y1, patches);
+                // SAFETY: tiles are disjoint and each is taken by one thread.
+                unsafe { self.tile(g, b, y0, y1, patches, out_ptr.get()) }
+            })
         };
-        let buffer = || vec![0f32; g.depth * rows * g.wo];
         if threads == 1 {
-            let mut patches = buffer();
-            tiles.iter().for_each(|tile| convolve(&mut patches, tile));
+            tiles.iter().for_each(convolve);
         } else {
-            tiles.par_iter().for_each_init(buffer, convolve);
+            tiles.par_iter().for_each(convolve);
         }
     }
+}
+
+thread_local! {
+    /// Each thread's patch matrix, kept from tile to tile and frame to frame:
+    /// a buffer allocated per tile churns the worker threads' malloc arenas.
+    static PATCHES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's patch buffer, at least `len` long.
+fn with_patch_buffer(len: usize, f: impl FnOnce(&mut [f32])) {
+    PATCHES.with_borrow_mut(|patches| {
+        if patches.len() < len {
+            patches.resize(len, 0.0);
+        }
+        f(&mut patches[..len])
+    })
 }
 
 /// Output rows per tile: a patch matrix of about 256 KiB of f32, which stays
