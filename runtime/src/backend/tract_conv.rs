@@ -1,26 +1,34 @@
-//! Which kernel tract runs each convolution with.
+//! Which kernel runs each convolution: this crate's [`TiledConv`] or tract's own.
 //!
-//! tract 0.23 lowers every f32 NCHW convolution with at most 576 inputs per
-//! output point on rows of at least 128 pixels to `DirectSpatialConv`, a loop
-//! that streams the input once per four output channels. Measured per node on
-//! this project's exports at 256x256 (2 threads, x86-64 AVX-512), against the
-//! im2col + matrix product tract uses otherwise:
+//! tract 0.23 runs a stride-1 f32 convolution either as `DirectSpatialConv`
+//! (at most 576 inputs per output point, rows of 128 pixels or more), a loop
+//! that streams the input once per four output channels, or as a `Pad`, a
+//! lazy im2col and a matrix product. The channel `Concat` before a decoder
+//! convolution and the ReLU after every one are nodes of their own.
+//! [`TiledConv`] does all of it per L2-sized tile. Per convolution, with its
+//! Pad, Concat and ReLU, 2 threads, 256x256 input (`examples/tract_profile.rs`
+//! with `ALL_NODES=1`, and with `PLAIN_TRACT=1` for tract's own plan):
 //!
-//! | conv (Cin->Cout, side) | direct ms | im2col ms (with its Pad) |
-//! |------------------------|-----------|--------------------------|
-//! | 3->64, 256             | 2.0-2.1   | 4.7 (without Pad)        |
-//! | 16->16, 256            | 3.5-6.0   | 4.3-5.9 (without Pad)    |
-//! | 32->16, 256            | 10.8      | 15.4                     |
-//! | 16->32, 128            | 2.5       | 2.1                      |
-//! | 32->32, 128            | 5.2-5.5   | 3.5-3.6                  |
-//! | 64->32, 128            | 10.9      | 8.0                      |
-//! | 64->128, 128           | 48        | 24                       |
-//! | 64->64, 256            | 106-114   | 60                       |
+//! | conv (Cin->Cout, side)        | tract ms      | TiledConv ms |
+//! |-------------------------------|---------------|--------------|
+//! | 3->16, 256                    | 0.7 (direct)  | 1.2          |
+//! | 16->16, 256                   | 3.8 (direct)  | 2.3-3.0      |
+//! | 16+16->16, 256 (concat)       | 9.6 (direct)  | 5.0-6.4      |
+//! | 32->32, 128                   | 5.6 (direct)  | 2.0-2.1      |
+//! | 3->64, 256                    | 2.7 (direct)  | 1.8-2.3      |
+//! | 64->64, 256                   | 97 (direct)   | 28-29        |
+//! | 64+64->64, 256 (concat)       | 136 (direct)  | 59-60        |
+//! | 128->128, 128                 | 38 (im2col)   | 26-27        |
+//! | 256->256, 64                  | 32 (im2col)   | 24-25        |
+//! | 512->512, 32                  | 25 (im2col)   | 26*          |
+//! | 512+512->512, 32 (concat)     | 66 (im2col)   | 73*          |
 //!
-//! The direct loop wins with few output channels or a tiny Cin·Cout, so the
-//! others are lowered to im2col here, before tract's own codegen sees them.
-//! A frame of `unet` (base 64) at 256x256 takes 13 % less; see
-//! `examples/tract_profile.rs` (`PLAIN_TRACT=1` for tract's own choice).
+//! \* tiles spread over both threads, as one-thread tiles would be thinner
+//! than 64 pixels (the matrix product then repacks the weights for too little
+//! work). So these deep, low-resolution layers stay with tract (see
+//! [`tiled_conv::suits`]). With this choice `unet-infer bench` (2 threads,
+//! 256x256) runs `unet-16` in 44 ms and `unet` (base 64) in 560 ms, against
+//! 53 and 670 ms when each convolution took the faster of tract's two kernels.
 
 use std::sync::Arc;
 
