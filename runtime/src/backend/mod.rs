@@ -11,3 +11,5 @@ pub mod tract_conv;
 pub mod tract_isa;
 #[cfg(feature = "tract")]
 pub mod tract_tiled_conv;
+#[cfg(feature = "tract")]
+pub mod tract_tiled_deconv;

@@ -35,11 +35,12 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
 
 use super::tract_tiled_conv::{self as tiled_conv, TiledConv};
+use super::tract_tiled_deconv::TiledDeconv;
 
 /// `model` declutterred and optimised as `into_optimized` does, with the
 /// convolutions [`TiledConv`] suits on `threads` threads replaced by it.
@@ -53,7 +54,8 @@ pub fn optimize(model: TypedModel, threads: usize) -> TractResult<TypedModel> {
 }
 
 /// Replaces each convolution [`tiled_conv`] takes, with the channel `Concat`
-/// feeding it and the ReLU after it, by one [`TiledConv`].
+/// feeding it and the ReLU after it, by one [`TiledConv`], and each
+/// transposed convolution [`tiled_deconv`] takes by a [`TiledDeconv`].
 #[derive(Clone, Debug)]
 struct UseTiledConvs {
     threads: usize,
@@ -71,6 +73,9 @@ impl TypedPass for UseTiledConvs {
     ) -> TractResult<Option<TypedModelPatch>> {
         for node in &model.nodes {
             if let Some(patch) = tiled_conv(model, node, self.threads)? {
+                return Ok(Some(patch));
+            }
+            if let Some(patch) = tiled_deconv(model, node, self.threads)? {
                 return Ok(Some(patch));
             }
         }
@@ -234,6 +239,81 @@ fn tiled_conv(
     Ok(Some(patch))
 }
 
+/// The patch turning `node` into a [`TiledDeconv`], if it is an ungrouped f32
+/// NCHW transposed convolution whose kernel equals its stride (no padding,
+/// dilation or output adjustment), with constant weights and a shape
+/// [`tiled_conv::suits`] on `threads` threads.
+fn tiled_deconv(
+    model: &TypedModel,
+    node: &TypedNode,
+    threads: usize,
+) -> TractResult<Option<TypedModelPatch>> {
+    let Some(deconv) = node.op_as::<Deconv>() else {
+        return Ok(None);
+    };
+    let spec = &deconv.pool_spec;
+    let (&[kh, kw], [1, 1]) = (spec.kernel_shape.as_slice(), spec.dilations().as_ref()) else {
+        return Ok(None);
+    };
+    let valid = match &spec.padding {
+        PaddingSpec::Valid => true,
+        PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
+        _ => false,
+    };
+    if !valid
+        || *spec.strides() != [kh, kw]
+        || deconv.adjustments.iter().any(|&a| a != 0)
+        || deconv.group != 1
+        || spec.data_format != DataFormat::NCHW
+        || deconv.kernel_format != KernelFormat::OIHW
+        || node.inputs.len() != 3
+    {
+        return Ok(None);
+    }
+    let Some([n, cin, h, w]) = nchw(model, node.inputs[0])? else {
+        return Ok(None);
+    };
+    let cout = spec.output_channels;
+    if !tiled_conv::suits(cout * kh * kw, n, (h, w), threads) {
+        return Ok(None);
+    }
+    let (Some(kernel), Some(bias)) = (
+        model.outlet_fact(node.inputs[1])?.konst.clone(),
+        model.outlet_fact(node.inputs[2])?.konst.clone(),
+    ) else {
+        return Ok(None);
+    };
+    if kernel.datum_type() != f32::datum_type()
+        || kernel.shape() != [cout, cin, kh, kw]
+        || bias.datum_type() != f32::datum_type()
+        || !(bias.len() == cout || bias.len() == 1)
+    {
+        return Ok(None);
+    }
+    // [Cout, Cin, kh, kw] -> [Cout, kh, kw, Cin] -> [Cout·kh·kw, Cin].
+    let weights = kernel
+        .into_tensor()
+        .permute_axes(&[0, 2, 3, 1])?
+        .into_shape(&[cout * kh * kw, cin])?;
+    let bias_len = bias.len();
+    let bias = bias
+        .into_tensor()
+        .into_shape(&[bias_len])?
+        .broadcast_to_shape(&[cout])?;
+    let op = TiledDeconv {
+        input_channels: cin,
+        output_channels: cout,
+        kernel: (kh, kw),
+        weights: Arc::new(weights),
+        bias: Arc::new(bias),
+    };
+    let mut patch = TypedModelPatch::default();
+    let x = patch.tap_model(model, node.inputs[0])?;
+    let wire = patch.wire_node(&node.name, op, &[x])?[0];
+    patch.shunt_outside(model, OutletId::new(node.id, 0), wire)?;
+    Ok(Some(patch))
+}
+
 #[cfg(test)]
 mod tests {
     use tract_linalg::multithread::Executor;
@@ -381,6 +461,80 @@ mod tests {
         let expected = run(model(true)?.into_optimized()?, 1)?;
         let err = max_abs_difference(&run(ours, 2)?, &expected);
         assert!(err < 1e-4, "max abs difference {err}");
+        Ok(())
+    }
+
+    /// `x [N, 24, 64, 64]` -> transposed conv, kernel and stride 2x2 (24 -> 16)
+    /// -> transposed conv, kernel and stride 2x3 (16 -> 8), both with bias.
+    fn deconvs() -> TractResult<TypedModel> {
+        let mut model = TypedModel::default();
+        let mut wire = model.add_source("x", f32::fact([N, 24, 64, 64]))?;
+        for (i, (cin, cout, (kh, kw))) in
+            [(24, 16, (2, 2)), (16, 8, (2, 3))].into_iter().enumerate()
+        {
+            let kernel = tract_ndarray::Array4::from_shape_vec(
+                (cout, cin, kh, kw),
+                values(cout * cin * kh * kw, 30 + i as u32),
+            )?;
+            let kernel = model.add_const(format!("w{i}"), Tensor::from(kernel))?;
+            let bias = tract_ndarray::Array1::from_vec(values(cout, 40 + i as u32));
+            let bias = model.add_const(format!("b{i}"), Tensor::from(bias))?;
+            let op = Deconv {
+                pool_spec: PoolSpec {
+                    data_format: DataFormat::NCHW,
+                    kernel_shape: tvec!(kh, kw),
+                    padding: PaddingSpec::Valid,
+                    dilations: None,
+                    strides: Some(tvec!(kh, kw)),
+                    input_channels: cin,
+                    output_channels: cout,
+                },
+                kernel_format: KernelFormat::OIHW,
+                adjustments: tvec!(0, 0),
+                group: 1,
+            };
+            wire = model.wire_node(format!("deconv{i}"), op, &[wire, kernel, bias])?[0];
+        }
+        model.select_output_outlets(&[wire])?;
+        Ok(model)
+    }
+
+    #[test]
+    fn tiled_deconvs_compute_what_tract_computes() -> TractResult<()> {
+        let x =
+            tract_ndarray::Array4::from_shape_vec((N, 24, 64, 64), values(N * 24 * 64 * 64, 50))?;
+        let expected = deconvs()?
+            .into_optimized()?
+            .into_runnable()?
+            .run(tvec!(Tensor::from(x.clone()).into()))?;
+        let expected = expected[0].to_plain_array_view::<f32>()?;
+        let (shape, expected): (Vec<usize>, Vec<f32>) = (
+            expected.shape().to_vec(),
+            expected.iter().copied().collect(),
+        );
+        assert_eq!(shape, [N, 8, 256, 384]);
+        for threads in [1, 2] {
+            let ours = optimize(deconvs()?, threads)?;
+            assert_eq!(count(&ours, "TiledDeconv"), 2, "{:?}", op_names(&ours));
+            let options = RunOptions {
+                executor: Some(if threads > 1 {
+                    Executor::multithread(threads)
+                } else {
+                    Executor::SingleThread
+                }),
+                ..RunOptions::default()
+            };
+            let out = ours
+                .into_runnable_with_options(&options)?
+                .run(tvec!(Tensor::from(x.clone()).into()))?;
+            let out: Vec<f32> = out[0]
+                .to_plain_array_view::<f32>()?
+                .iter()
+                .copied()
+                .collect();
+            let err = max_abs_difference(&out, &expected);
+            assert!(err < 1e-4, "{threads} threads: max abs difference {err}");
+        }
         Ok(())
     }
 

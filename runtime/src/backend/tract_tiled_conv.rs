@@ -174,45 +174,69 @@ impl TiledConv {
     fn run(&self, inputs: &[&[f32]], n: usize, g: Geometry, out: &mut [f32], threads: usize) {
         let out_ptr = OutputPtr(out.as_mut_ptr());
         let rows = tile_rows(g.depth, g.ho, g.wo);
-        let tiles: Vec<(usize, usize)> = (0..n)
-            .flat_map(|b| (0..g.ho).step_by(rows).map(move |y0| (b, y0)))
-            .collect();
         let len = g.depth * rows * g.wo;
-        let convolve = |&(b, y0): &(usize, usize)| {
-            let y1 = (y0 + rows).min(g.ho);
-            with_patch_buffer(len, |patches| {
+        for_each_tile(n, g.ho, rows, threads, |b, y0, y1| {
+            with_scratch(len, |patches| {
                 self.im2col(inputs, g, b, y0, y1, patches);
                 // SAFETY: tiles are disjoint and each is taken by one thread.
                 unsafe { self.tile(g, b, y0, y1, patches, out_ptr.get()) }
             })
-        };
-        if threads == 1 {
-            tiles.iter().for_each(convolve);
-        } else {
-            tiles.par_iter().for_each(convolve);
+        });
+    }
+}
+
+/// Calls `tile(b, y0, y1)` for rows `y0..y1` of image `b`, tiles of `rows`
+/// rows covering `n` images of `h` rows, each tile on one of `threads` threads.
+pub(super) fn for_each_tile(
+    n: usize,
+    h: usize,
+    rows: usize,
+    threads: usize,
+    tile: impl Fn(usize, usize, usize) + Sync,
+) {
+    let tiles: Vec<(usize, usize)> = (0..n)
+        .flat_map(|b| (0..h).step_by(rows).map(move |y0| (b, y0)))
+        .collect();
+    let run = |&(b, y0): &(usize, usize)| tile(b, y0, (y0 + rows).min(h));
+    if threads == 1 {
+        tiles.iter().for_each(run);
+    } else {
+        tiles.par_iter().for_each(run);
+    }
+}
+
+/// Runs `f(threads)` on tract's current thread pool.
+pub(super) fn on_tract_threads(f: impl FnOnce(usize) + Send) {
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => {
+            let threads = pool.current_num_threads();
+            pool.install(|| f(threads))
         }
+        Executor::RayonGlobal => f(rayon::current_num_threads()),
+        Executor::SingleThread => f(1),
     }
 }
 
 thread_local! {
-    /// Each thread's patch matrix, kept from tile to tile and frame to frame:
-    /// a buffer allocated per tile churns the worker threads' malloc arenas.
-    static PATCHES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's tile buffer (a patch matrix, or a deconvolution's
+    /// product), kept from tile to tile and frame to frame: a buffer allocated
+    /// per tile churns the worker threads' malloc arenas.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's patch buffer, at least `len` long.
-fn with_patch_buffer(len: usize, f: impl FnOnce(&mut [f32])) {
-    PATCHES.with_borrow_mut(|patches| {
-        if patches.len() < len {
-            patches.resize(len, 0.0);
+/// Runs `f` on this thread's tile buffer, at least `len` long.
+pub(super) fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
+    SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.len() < len {
+            scratch.resize(len, 0.0);
         }
-        f(&mut patches[..len])
+        f(&mut scratch[..len])
     })
 }
 
 /// Output rows per tile: a patch matrix of about 256 KiB of f32, which stays
 /// in the core's L2 cache from its gathering to the matrix product.
-fn tile_rows(depth: usize, ho: usize, wo: usize) -> usize {
+pub(super) fn tile_rows(depth: usize, ho: usize, wo: usize) -> usize {
     (PATCH_ELEMS / (depth * wo).max(1)).clamp(1, ho.max(1))
 }
 
@@ -228,14 +252,14 @@ pub fn suits(depth: usize, n: usize, (ho, wo): (usize, usize), threads: usize) -
 
 /// The output, written by threads that each own whole tiles.
 #[derive(Clone, Copy)]
-struct OutputPtr(*mut f32);
+pub(super) struct OutputPtr(pub(super) *mut f32);
 // SAFETY: the threads write disjoint tiles (see `TiledConv::run`).
 unsafe impl Send for OutputPtr {}
 unsafe impl Sync for OutputPtr {}
 
 impl OutputPtr {
     /// A method, so closures capture the whole (Sync) wrapper, not its field.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -289,14 +313,7 @@ impl EvalOp for TiledConv {
             unsafe { Tensor::uninitialized::<f32>(&[n, self.output_channels, ho, wo])? };
         let mut out = output.try_as_plain_ram_mut()?;
         let out = out.as_slice_mut::<f32>()?;
-        match current_tract_executor() {
-            Executor::MultiThread(pool) => {
-                let threads = pool.current_num_threads();
-                pool.install(|| self.run(&slices, n, g, out, threads))
-            }
-            Executor::RayonGlobal => self.run(&slices, n, g, out, rayon::current_num_threads()),
-            Executor::SingleThread => self.run(&slices, n, g, out, 1),
-        }
+        on_tract_threads(|threads| self.run(&slices, n, g, out, threads));
         Ok(tvec!(output.into_tvalue()))
     }
 

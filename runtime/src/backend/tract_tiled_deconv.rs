@@ -1,0 +1,196 @@
+//! `TiledDeconv`: a transposed convolution whose kernel equals its stride
+//! (U-Net's 2x2, stride-2 up-sampling) for tract, on row tiles.
+//!
+//! Each input pixel then feeds its own kh x kw block of output pixels, so the
+//! op is one matrix product, `[Cout·kh·kw, Cin] · x[Cin, pixels]`, read
+//! straight from the input, and a scatter of its rows into the output. tract
+//! writes the whole product to memory (`OptMatMul`) and scatters it in a
+//! second, single-threaded op (`DeconvSum`); here each thread does both for
+//! its tile while the product is in cache.
+
+use std::sync::Arc;
+
+use tract_onnx::tract_core::internal::*;
+
+use super::tract_tiled_conv::{
+    for_each_tile, on_tract_threads, tile_rows, with_scratch, OutputPtr,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TiledDeconv {
+    pub input_channels: usize,
+    pub output_channels: usize,
+    /// (height, width), equal to the stride.
+    pub kernel: (usize, usize),
+    /// `[Cout·kh·kw, Cin]`: row `(co·kh + dy)·kw + dx` holds tap (dy, dx) of output channel co.
+    pub weights: Arc<Tensor>,
+    /// `[Cout]`.
+    pub bias: Arc<Tensor>,
+}
+
+impl TiledDeconv {
+    /// Rows of the matrix product: Cout·kh·kw.
+    fn taps(&self) -> usize {
+        self.output_channels * self.kernel.0 * self.kernel.1
+    }
+
+    /// Output rows `y0·kh..y1·kh` of image `b` from input rows `y0..y1`.
+    ///
+    /// # Safety
+    /// `out` must point to the `[N, Cout, h·kh, w·kw]` output, and no other
+    /// thread may access these rows of image `b` meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        b: usize,
+        y0: usize,
+        y1: usize,
+        product: &mut [f32],
+        out: *mut f32,
+    ) {
+        let (kh, kw) = self.kernel;
+        let cols = (y1 - y0) * w;
+        let weights = self
+            .weights
+            .try_as_plain_ram()
+            .and_then(|w| w.as_slice::<f32>());
+        let bias = self
+            .bias
+            .try_as_plain_ram()
+            .and_then(|b| b.as_slice::<f32>());
+        let (Ok(weights), Ok(bias)) = (weights, bias) else {
+            unreachable!("TiledDeconv is only built with plain f32 weights and bias");
+        };
+        let image = &x[(b * self.input_channels * h + y0) * w..];
+        // SAFETY: `product` holds taps × cols floats; the input rows y0..y1 of
+        // each channel are `cols` floats at stride h·w inside `x`.
+        unsafe {
+            gemm::gemm(
+                self.taps(),
+                cols,
+                self.input_channels,
+                product.as_mut_ptr(),
+                1,
+                cols as isize,
+                false,
+                weights.as_ptr(),
+                1,
+                self.input_channels as isize,
+                image.as_ptr(),
+                1,
+                (h * w) as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        let (ho, wo) = (h * kh, w * kw);
+        for (co, &bias) in bias.iter().enumerate() {
+            for dy in 0..kh {
+                for (r, y) in (y0..y1).enumerate() {
+                    // SAFETY: output row y·kh + dy of channel co lies in this tile.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.add(((b * self.output_channels + co) * ho + y * kh + dy) * wo),
+                            wo,
+                        )
+                    };
+                    for dx in 0..kw {
+                        let tap = (co * kh + dy) * kw + dx;
+                        let from = &product[tap * cols + r * w..][..w];
+                        for (value, &p) in row[dx..].iter_mut().step_by(kw).zip(from) {
+                            *value = p + bias;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Op for TiledDeconv {
+    fn name(&self) -> StaticName {
+        "TiledDeconv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} -> {}, kernel and stride {:?}",
+            self.input_channels, self.output_channels, self.kernel
+        )])
+    }
+
+    fn as_typed(&self) -> Option<&dyn TypedOp> {
+        Some(self)
+    }
+}
+
+impl EvalOp for TiledDeconv {
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 1);
+        let shape = inputs[0].shape();
+        ensure!(
+            shape.len() == 4 && shape[1] == self.input_channels,
+            "TiledDeconv input shape {shape:?}"
+        );
+        let (n, h, w) = (shape[0], shape[2], shape[3]);
+        let (kh, kw) = self.kernel;
+        let x = inputs[0].try_as_plain_ram()?.as_slice::<f32>()?;
+        // SAFETY: every element is written: the tiles cover all input rows,
+        // and each writes every output channel's kh·kw-pixel block per input pixel.
+        let mut output =
+            unsafe { Tensor::uninitialized::<f32>(&[n, self.output_channels, h * kh, w * kw])? };
+        let mut view = output.try_as_plain_ram_mut()?;
+        let out = OutputPtr(view.as_slice_mut::<f32>()?.as_mut_ptr());
+        let rows = tile_rows(self.taps(), h, w);
+        let len = self.taps() * rows * w;
+        on_tract_threads(|threads| {
+            for_each_tile(n, h, rows, threads, |b, y0, y1| {
+                with_scratch(len, |product| {
+                    // SAFETY: tiles are disjoint and each is taken by one thread.
+                    unsafe { self.tile(x, (h, w), b, y0, y1, product, out.get()) }
+                })
+            })
+        });
+        Ok(tvec!(output.into_tvalue()))
+    }
+
+    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
+        Ok(Some(EvalOp::eval(
+            self,
+            &EvalContext::out_of_plan(),
+            inputs,
+        )?))
+    }
+}
+
+impl TypedOp for TiledDeconv {
+    fn as_op(&self) -> &dyn Op {
+        self
+    }
+
+    fn as_op_mut(&mut self) -> &mut dyn Op {
+        self
+    }
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 1 && inputs[0].datum_type == f32::datum_type());
+        let shape = inputs[0]
+            .shape
+            .as_concrete()
+            .context("TiledDeconv needs concrete shapes")?;
+        ensure!(shape.len() == 4 && shape[1] == self.input_channels);
+        let (kh, kw) = self.kernel;
+        Ok(tvec!(f32::fact([
+            shape[0],
+            self.output_channels,
+            shape[2] * kh,
+            shape[3] * kw
+        ])))
+    }
+}
