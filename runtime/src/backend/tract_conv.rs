@@ -121,6 +121,35 @@ fn is_relu(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
     Ok(zero.len() == 1 && values == [0.0])
 }
 
+/// The f32 kernel (of `shape`, OIHW) and the bias (`[Cout]`, broadcast from a
+/// scalar) of a convolution `node` whose second and third inputs are constants.
+fn constant_weights(
+    model: &TypedModel,
+    node: &TypedNode,
+    shape: [usize; 4],
+) -> TractResult<Option<(Tensor, Tensor)>> {
+    let (Some(kernel), Some(bias)) = (
+        model.outlet_fact(node.inputs[1])?.konst.clone(),
+        model.outlet_fact(node.inputs[2])?.konst.clone(),
+    ) else {
+        return Ok(None);
+    };
+    let cout = shape[0];
+    if kernel.datum_type() != f32::datum_type()
+        || kernel.shape() != shape
+        || bias.datum_type() != f32::datum_type()
+        || !(bias.len() == cout || bias.len() == 1)
+    {
+        return Ok(None);
+    }
+    let bias_len = bias.len();
+    let bias = bias
+        .into_tensor()
+        .into_shape(&[bias_len])?
+        .broadcast_to_shape(&[cout])?;
+    Ok(Some((kernel.into_tensor(), bias)))
+}
+
 /// The patch turning `node` into a [`TiledConv`], if it is a stride-1,
 /// ungrouped f32 NCHW convolution with constant weights, a kernel larger than
 /// 1x1 (a 1x1 needs no im2col: tract runs it as one matrix product) and a
@@ -171,25 +200,10 @@ fn tiled_conv(
         return Ok(None);
     }
     let cout = spec.output_channels;
-    let (Some(kernel), Some(bias)) = (
-        model.outlet_fact(node.inputs[1])?.konst.clone(),
-        model.outlet_fact(node.inputs[2])?.konst.clone(),
-    ) else {
+    let Some((kernel, bias)) = constant_weights(model, node, [cout, cin, kh, kw])? else {
         return Ok(None);
     };
-    if kernel.datum_type() != f32::datum_type()
-        || kernel.shape() != [cout, cin, kh, kw]
-        || bias.datum_type() != f32::datum_type()
-        || !(bias.len() == cout || bias.len() == 1)
-    {
-        return Ok(None);
-    }
-    let weights = kernel.into_tensor().into_shape(&[cout, cin * kh * kw])?;
-    let bias_len = bias.len();
-    let bias = bias
-        .into_tensor()
-        .into_shape(&[bias_len])?
-        .broadcast_to_shape(&[cout])?;
+    let weights = kernel.into_shape(&[cout, cin * kh * kw])?;
 
     // A channel concatenation only this convolution reads is read in place.
     let mut inputs: TVec<OutletId> = tvec![node.inputs[0]];
@@ -277,29 +291,13 @@ fn tiled_deconv(
     if !tiled_conv::suits(cout * kh * kw, n, (h, w), threads) {
         return Ok(None);
     }
-    let (Some(kernel), Some(bias)) = (
-        model.outlet_fact(node.inputs[1])?.konst.clone(),
-        model.outlet_fact(node.inputs[2])?.konst.clone(),
-    ) else {
+    let Some((kernel, bias)) = constant_weights(model, node, [cout, cin, kh, kw])? else {
         return Ok(None);
     };
-    if kernel.datum_type() != f32::datum_type()
-        || kernel.shape() != [cout, cin, kh, kw]
-        || bias.datum_type() != f32::datum_type()
-        || !(bias.len() == cout || bias.len() == 1)
-    {
-        return Ok(None);
-    }
     // [Cout, Cin, kh, kw] -> [Cout, kh, kw, Cin] -> [Cout·kh·kw, Cin].
     let weights = kernel
-        .into_tensor()
         .permute_axes(&[0, 2, 3, 1])?
         .into_shape(&[cout * kh * kw, cin])?;
-    let bias_len = bias.len();
-    let bias = bias
-        .into_tensor()
-        .into_shape(&[bias_len])?
-        .broadcast_to_shape(&[cout])?;
     let op = TiledDeconv {
         input_channels: cin,
         output_channels: cout,
