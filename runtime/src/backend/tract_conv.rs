@@ -35,7 +35,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, MaxPool, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
 
@@ -55,7 +55,8 @@ pub fn optimize(model: TypedModel, threads: usize) -> TractResult<TypedModel> {
 
 /// Replaces each convolution [`tiled_conv`] takes, with the channel `Concat`
 /// feeding it and the ReLU after it, by one [`TiledConv`], and each
-/// transposed convolution [`tiled_deconv`] takes by a [`TiledDeconv`].
+/// transposed convolution [`tiled_deconv`] takes by a [`TiledDeconv`]; a
+/// max-pooling of a `TiledConv`'s output becomes its second output.
 #[derive(Clone, Debug)]
 struct UseTiledConvs {
     threads: usize,
@@ -76,6 +77,9 @@ impl TypedPass for UseTiledConvs {
                 return Ok(Some(patch));
             }
             if let Some(patch) = tiled_deconv(model, node, self.threads)? {
+                return Ok(Some(patch));
+            }
+            if let Some(patch) = pooled_tiled_conv(model, node)? {
                 return Ok(Some(patch));
             }
         }
@@ -242,6 +246,7 @@ fn tiled_conv(
         weights: Arc::new(weights),
         bias: Arc::new(bias),
         relu,
+        pool: false,
     };
     let mut patch = TypedModelPatch::default();
     let taps = inputs
@@ -250,6 +255,58 @@ fn tiled_conv(
         .collect::<TractResult<TVec<_>>>()?;
     let wire = patch.wire_node(&node.name, op, &taps)?[0];
     patch.shunt_outside(model, output, wire)?;
+    Ok(Some(patch))
+}
+
+/// The patch folding `node`, a 2x2, stride-2 max-pooling of a [`TiledConv`]'s
+/// output (U-Net's encoder), into that op as its second output.
+fn pooled_tiled_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    let Some(pool) = node.op_as::<MaxPool>() else {
+        return Ok(None);
+    };
+    let spec = &pool.pool_spec;
+    let valid = match &spec.padding {
+        PaddingSpec::Valid => true,
+        PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
+        _ => false,
+    };
+    if !valid
+        || spec.kernel_shape.as_slice() != [2, 2]
+        || *spec.strides() != [2, 2]
+        || *spec.dilations() != [1, 1]
+        || spec.data_format != DataFormat::NCHW
+        || pool.with_index_outputs.is_some()
+        || node.inputs.len() != 1
+        || node.inputs[0].slot != 0
+    {
+        return Ok(None);
+    }
+    let producer = model.node(node.inputs[0].node);
+    let Some(conv) = producer.op_as::<TiledConv>() else {
+        return Ok(None);
+    };
+    let (Some([n, c, h, w]), Some(pooled)) = (
+        nchw(model, node.inputs[0])?,
+        nchw(model, OutletId::new(node.id, 0))?,
+    ) else {
+        return Ok(None);
+    };
+    if conv.pool || pooled != [n, c, h / 2, w / 2] {
+        return Ok(None);
+    }
+    let op = TiledConv {
+        pool: true,
+        ..conv.clone()
+    };
+    let mut patch = TypedModelPatch::default();
+    let taps = producer
+        .inputs
+        .iter()
+        .map(|&i| patch.tap_model(model, i))
+        .collect::<TractResult<TVec<_>>>()?;
+    let wires = patch.wire_node(&producer.name, op, &taps)?;
+    patch.shunt_outside(model, OutletId::new(producer.id, 0), wires[0])?;
+    patch.shunt_outside(model, OutletId::new(node.id, 0), wires[1])?;
     Ok(Some(patch))
 }
 
@@ -350,12 +407,15 @@ mod tests {
     }
 
     const N: usize = 2;
-    const H: usize = 64;
-    const W: usize = 64;
+    /// Odd, so the pooling drops a last row.
+    const H: usize = 65;
+    /// So the first conv's tiles are 7 rows, which pooling must round to 8.
+    const W: usize = 40;
 
     /// `relu(conv 3x3 same (concat(a [N, 8, H, W], b [N, 16, H, W])))`, then a
-    /// 3x3 `valid` conv, then a 2x3 conv padded unevenly, both with bias. With
-    /// `concat_out`, the concatenation is also a model output.
+    /// 3x3 `valid` conv, then a 2x3 conv padded unevenly, both with bias; the
+    /// 2x2 max-pooling of the first conv's output is a second model output.
+    /// With `concat_out`, the concatenation is a third.
     fn model(concat_out: bool) -> TractResult<TypedModel> {
         let mut model = TypedModel::default();
         let a = model.add_source("a", f32::fact([N, 8, H, W]))?;
@@ -363,10 +423,11 @@ mod tests {
         let concat = model.wire_node("concat", TypedConcat { axis: 1 }, &[a, b])?[0];
         let layers = [
             (24, 16, (3, 3), [1, 1, 1, 1]),
-            (16, 12, (3, 3), [0, 0, 0, 0]),
-            (12, 8, (2, 3), [1, 0, 0, 2]),
+            (16, 24, (3, 3), [0, 0, 0, 0]),
+            (24, 8, (2, 3), [1, 0, 0, 2]),
         ];
         let mut wire = concat;
+        let mut pooled = None;
         for (i, (cin, cout, (kh, kw), padding)) in layers.into_iter().enumerate() {
             let kernel = tract_ndarray::Array4::from_shape_vec(
                 (cout, cin, kh, kw),
@@ -380,13 +441,26 @@ mod tests {
             if i == 0 {
                 let zero = model.add_const("zero", Tensor::zero::<f32>(&[1, 1, 1, 1])?)?;
                 wire = model.wire_node("relu", max(), &[wire, zero])?[0];
+                let pool = MaxPool {
+                    pool_spec: PoolSpec {
+                        data_format: DataFormat::NCHW,
+                        kernel_shape: tvec!(2, 2),
+                        padding: PaddingSpec::Valid,
+                        dilations: None,
+                        strides: Some(tvec!(2, 2)),
+                        input_channels: cout,
+                        output_channels: cout,
+                    },
+                    with_index_outputs: None,
+                };
+                pooled = Some(model.wire_node("pool", pool, &[wire])?[0]);
             }
         }
-        let outputs = if concat_out {
-            vec![wire, concat]
-        } else {
-            vec![wire]
-        };
+        let mut outputs = vec![wire];
+        outputs.extend(pooled);
+        if concat_out {
+            outputs.push(concat);
+        }
         model.select_output_outlets(&outputs)?;
         Ok(model)
     }
@@ -403,7 +477,7 @@ mod tests {
         op_names(model).iter().filter(|n| *n == op).count()
     }
 
-    /// The first output of `model` on fixed inputs, with `threads` threads.
+    /// The outputs of `model` on fixed inputs, one after the other, with `threads` threads.
     fn run(model: TypedModel, threads: usize) -> TractResult<Vec<f32>> {
         let a = tract_ndarray::Array4::from_shape_vec((N, 8, H, W), values(N * 8 * H * W, 20))?;
         let b = tract_ndarray::Array4::from_shape_vec((N, 16, H, W), values(N * 16 * H * W, 21))?;
@@ -418,8 +492,11 @@ mod tests {
         };
         let plan = model.into_runnable_with_options(&options)?;
         let out = plan.run(tvec!(Tensor::from(a).into(), Tensor::from(b).into()))?;
-        let view = out[0].to_plain_array_view::<f32>()?;
-        Ok(view.iter().copied().collect())
+        let mut values = vec![];
+        for output in &out {
+            values.extend(output.to_plain_array_view::<f32>()?.iter().copied());
+        }
+        Ok(values)
     }
 
     fn max_abs_difference(a: &[f32], b: &[f32]) -> f32 {
@@ -438,7 +515,7 @@ mod tests {
         for threads in [1, 2] {
             let ours = optimize(model(false)?, threads)?;
             assert_eq!(count(&ours, "TiledConv"), 3, "{:?}", op_names(&ours));
-            // The concatenation and the ReLU are folded in.
+            // The concatenation, the ReLU and the max-pooling are folded in.
             assert_eq!(count(&ours, "Concat"), 0, "{:?}", op_names(&ours));
             assert!(
                 !op_names(&ours).iter().any(|n| n.contains("Max")),

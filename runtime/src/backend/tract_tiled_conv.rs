@@ -8,7 +8,8 @@
 //! gathers a tile's patch matrix (about 256 KiB, zero padding written in
 //! place) straight from the inputs of the concatenation, multiplies it with
 //! the weights on the same core, and adds the bias and the ReLU while the
-//! tile is still in cache.
+//! tile is still in cache. When a 2x2 max-pooling reads the output (U-Net's
+//! encoder), the pooled rows are a second output, made from the same tile.
 
 use std::sync::Arc;
 
@@ -32,6 +33,9 @@ pub struct TiledConv {
     /// `[output_channels]`.
     pub bias: Arc<Tensor>,
     pub relu: bool,
+    /// Also output the 2x2, stride-2 max-pooling of the output (after the
+    /// ReLU), computed while each tile is in cache.
+    pub pool: bool,
 }
 
 /// Patch-matrix elements per tile when each thread works alone: 256 KiB of f32.
@@ -108,11 +112,13 @@ impl TiledConv {
     }
 
     /// Output rows `y0..y1` of image `b`: weights × patches, then bias and ReLU,
-    /// on the calling thread.
+    /// then the pooled rows `y0/2..y1/2`, on the calling thread.
     ///
     /// # Safety
-    /// `out` must point to the `[N, Cout, ho, wo]` output, and no other thread
-    /// may access these rows of image `b` meanwhile.
+    /// `out` must point to the `[N, Cout, ho, wo]` output and, when pooling,
+    /// `pooled` to the `[N, Cout, ho/2, wo/2]` one, with `y0` even; no other
+    /// thread may access these rows of image `b` meanwhile.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         &self,
         g: Geometry,
@@ -121,6 +127,7 @@ impl TiledConv {
         y1: usize,
         patches: &[f32],
         out: *mut f32,
+        pooled: *mut f32,
     ) {
         let cols = (y1 - y0) * g.wo;
         let plane = g.ho * g.wo;
@@ -168,18 +175,53 @@ impl TiledConv {
                     row.iter_mut().for_each(|v| *v += bias);
                 }
             }
+            if self.pool {
+                let (hp, wp) = (g.ho / 2, g.wo / 2);
+                for co in 0..self.output_channels {
+                    let channel = std::slice::from_raw_parts(dst.add(co * plane), cols);
+                    let into = pooled.add((b * self.output_channels + co) * hp * wp);
+                    // Pairs of rows within the tile; an odd last row pools into nothing.
+                    for (pair, y) in channel.chunks_exact(2 * g.wo).zip((y0 / 2)..hp) {
+                        let (top, bottom) = pair.split_at(g.wo);
+                        let row = std::slice::from_raw_parts_mut(into.add(y * wp), wp);
+                        for (x, v) in row.iter_mut().enumerate() {
+                            *v = top[2 * x]
+                                .max(top[2 * x + 1])
+                                .max(bottom[2 * x])
+                                .max(bottom[2 * x + 1]);
+                        }
+                    }
+                }
+            }
         }
     }
 
-    fn run(&self, inputs: &[&[f32]], n: usize, g: Geometry, out: &mut [f32], threads: usize) {
-        let out_ptr = OutputPtr(out.as_mut_ptr());
+    /// Output rows per tile: even when pooling, so row pairs never straddle tiles.
+    fn rows_per_tile(&self, g: Geometry) -> usize {
         let rows = tile_rows(g.depth, g.ho, g.wo);
+        if self.pool {
+            (rows + 1) & !1
+        } else {
+            rows
+        }
+    }
+
+    fn run(
+        &self,
+        inputs: &[&[f32]],
+        n: usize,
+        g: Geometry,
+        (out, pooled): (OutputPtr, OutputPtr),
+        threads: usize,
+    ) {
+        let rows = self.rows_per_tile(g);
         let len = g.depth * rows * g.wo;
         for_each_tile(n, g.ho, rows, threads, |b, y0, y1| {
             with_scratch(len, |patches| {
                 self.im2col(inputs, g, b, y0, y1, patches);
-                // SAFETY: tiles are disjoint and each is taken by one thread.
-                unsafe { self.tile(g, b, y0, y1, patches, out_ptr.get()) }
+                // SAFETY: tiles are disjoint, start at even rows, and each is
+                // taken by one thread.
+                unsafe { self.tile(g, b, y0, y1, patches, out.get(), pooled.get()) }
             })
         });
     }
@@ -271,8 +313,8 @@ impl Op for TiledConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{:?} -> {}, kernel {:?}, padding {:?}, relu {}",
-            self.parts, self.output_channels, self.kernel, self.padding, self.relu
+            "{:?} -> {}, kernel {:?}, padding {:?}, relu {}, pool {}",
+            self.parts, self.output_channels, self.kernel, self.padding, self.relu, self.pool
         )])
     }
 
@@ -308,13 +350,34 @@ impl EvalOp for TiledConv {
             .map(|t| t.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()))
             .collect::<TractResult<TVec<&[f32]>>>()?;
         // SAFETY: every element is written: each tile covers all output channels
-        // of its rows, and the tiles cover all rows of all images.
+        // of its rows, and the tiles cover all rows of all images; the pooled
+        // output likewise, one row per pair of output rows.
         let mut output =
             unsafe { Tensor::uninitialized::<f32>(&[n, self.output_channels, ho, wo])? };
-        let mut out = output.try_as_plain_ram_mut()?;
-        let out = out.as_slice_mut::<f32>()?;
-        on_tract_threads(|threads| self.run(&slices, n, g, out, threads));
-        Ok(tvec!(output.into_tvalue()))
+        let pooled_shape: &[usize] = if self.pool {
+            &[n, self.output_channels, ho / 2, wo / 2]
+        } else {
+            &[0]
+        };
+        let mut pooled = unsafe { Tensor::uninitialized::<f32>(pooled_shape)? };
+        let out = OutputPtr(
+            output
+                .try_as_plain_ram_mut()?
+                .as_slice_mut::<f32>()?
+                .as_mut_ptr(),
+        );
+        let into = OutputPtr(
+            pooled
+                .try_as_plain_ram_mut()?
+                .as_slice_mut::<f32>()?
+                .as_mut_ptr(),
+        );
+        on_tract_threads(|threads| self.run(&slices, n, g, (out, into), threads));
+        if self.pool {
+            Ok(tvec!(output.into_tvalue(), pooled.into_tvalue()))
+        } else {
+            Ok(tvec!(output.into_tvalue()))
+        }
     }
 
     fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
@@ -354,6 +417,12 @@ impl TypedOp for TiledConv {
             );
         }
         let (ho, wo) = self.output_hw(first[2], first[3])?;
-        Ok(tvec!(f32::fact([first[0], self.output_channels, ho, wo])))
+        let output = f32::fact([first[0], self.output_channels, ho, wo]);
+        if self.pool {
+            let pooled = f32::fact([first[0], self.output_channels, ho / 2, wo / 2]);
+            Ok(tvec!(output, pooled))
+        } else {
+            Ok(tvec!(output))
+        }
     }
 }
