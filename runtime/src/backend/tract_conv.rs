@@ -87,6 +87,15 @@ impl TypedPass for UseTiledConvs {
     }
 }
 
+/// Whether `padding` adds nothing on any side.
+fn unpadded(padding: &PaddingSpec) -> bool {
+    match padding {
+        PaddingSpec::Valid => true,
+        PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
+        _ => false,
+    }
+}
+
 /// A concrete-shape f32 NCHW tensor's dimensions.
 fn nchw(model: &TypedModel, outlet: OutletId) -> TractResult<Option<[usize; 4]>> {
     let fact = model.outlet_fact(outlet)?;
@@ -265,11 +274,7 @@ fn pooled_tiled_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option
         return Ok(None);
     };
     let spec = &pool.pool_spec;
-    let valid = match &spec.padding {
-        PaddingSpec::Valid => true,
-        PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
-        _ => false,
-    };
+    let valid = unpadded(&spec.padding);
     if !valid
         || spec.kernel_shape.as_slice() != [2, 2]
         || *spec.strides() != [2, 2]
@@ -326,11 +331,7 @@ fn tiled_deconv(
     let (&[kh, kw], [1, 1]) = (spec.kernel_shape.as_slice(), spec.dilations().as_ref()) else {
         return Ok(None);
     };
-    let valid = match &spec.padding {
-        PaddingSpec::Valid => true,
-        PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
-        _ => false,
-    };
+    let valid = unpadded(&spec.padding);
     if !valid
         || *spec.strides() != [kh, kw]
         || deconv.adjustments.iter().any(|&a| a != 0)
