@@ -16,6 +16,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 /// A convolution of the channel concatenation of its inputs, then bias and
 /// optionally ReLU.
@@ -122,6 +123,7 @@ impl TiledConv {
     unsafe fn tile(
         &self,
         g: Geometry,
+        (weights, bias): (&[f32], &[f32]),
         b: usize,
         y0: usize,
         y1: usize,
@@ -131,17 +133,6 @@ impl TiledConv {
     ) {
         let cols = (y1 - y0) * g.wo;
         let plane = g.ho * g.wo;
-        let weights = self
-            .weights
-            .try_as_plain_ram()
-            .and_then(|w| w.as_slice::<f32>());
-        let bias = self
-            .bias
-            .try_as_plain_ram()
-            .and_then(|b| b.as_slice::<f32>());
-        let (Ok(weights), Ok(bias)) = (weights, bias) else {
-            unreachable!("TiledConv is only built with plain f32 weights and bias");
-        };
         // SAFETY: the caller owns rows y0..y1 of image b: `cout` rows of `cols`
         // floats at stride `plane`, inside the output.
         unsafe {
@@ -213,7 +204,8 @@ impl TiledConv {
         g: Geometry,
         (out, pooled): (OutputPtr, OutputPtr),
         threads: usize,
-    ) {
+    ) -> TractResult<()> {
+        let weights_and_bias = (plain_f32(&self.weights)?, plain_f32(&self.bias)?);
         let rows = self.rows_per_tile(g);
         let len = g.depth * rows * g.wo;
         for_each_tile(n, g.ho, rows, threads, |b, y0, y1| {
@@ -221,9 +213,21 @@ impl TiledConv {
                 self.im2col(inputs, g, b, y0, y1, patches);
                 // SAFETY: tiles are disjoint, start at even rows, and each is
                 // taken by one thread.
-                unsafe { self.tile(g, b, y0, y1, patches, out.get(), pooled.get()) }
+                unsafe {
+                    self.tile(
+                        g,
+                        weights_and_bias,
+                        b,
+                        y0,
+                        y1,
+                        patches,
+                        out.get(),
+                        pooled.get(),
+                    )
+                }
             })
         });
+        Ok(())
     }
 }
 
@@ -248,7 +252,7 @@ pub(super) fn for_each_tile(
 }
 
 /// Runs `f(threads)` on tract's current thread pool.
-pub(super) fn on_tract_threads(f: impl FnOnce(usize) + Send) {
+pub(super) fn on_tract_threads<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
     match current_tract_executor() {
         Executor::MultiThread(pool) => {
             let threads = pool.current_num_threads();
@@ -264,6 +268,11 @@ thread_local! {
     /// product), kept from tile to tile and frame to frame: a buffer allocated
     /// per tile churns the worker threads' malloc arenas.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A plain f32 tensor's values.
+pub(super) fn plain_f32(tensor: &Tensor) -> TractResult<&[f32]> {
+    tensor.try_as_plain_ram()?.as_slice::<f32>()
 }
 
 /// Runs `f` on this thread's tile buffer, at least `len` long.
@@ -318,9 +327,7 @@ impl Op for TiledConv {
         )])
     }
 
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
+    op_as_typed_op!();
 }
 
 impl EvalOp for TiledConv {
@@ -347,57 +354,41 @@ impl EvalOp for TiledConv {
         };
         let slices = inputs
             .iter()
-            .map(|t| t.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()))
+            .map(|t| plain_f32(t))
             .collect::<TractResult<TVec<&[f32]>>>()?;
         // SAFETY: every element is written: each tile covers all output channels
         // of its rows, and the tiles cover all rows of all images; the pooled
         // output likewise, one row per pair of output rows.
         let mut output =
             unsafe { Tensor::uninitialized::<f32>(&[n, self.output_channels, ho, wo])? };
-        let pooled_shape: &[usize] = if self.pool {
-            &[n, self.output_channels, ho / 2, wo / 2]
-        } else {
-            &[0]
+        let pooled_shape = [n, self.output_channels, ho / 2, wo / 2];
+        let mut pooled = self
+            .pool
+            .then(|| unsafe { Tensor::uninitialized::<f32>(&pooled_shape) })
+            .transpose()?;
+        let pointer = |t: &mut Tensor| -> TractResult<OutputPtr> {
+            Ok(OutputPtr(
+                t.try_as_plain_ram_mut()?
+                    .as_slice_mut::<f32>()?
+                    .as_mut_ptr(),
+            ))
         };
-        let mut pooled = unsafe { Tensor::uninitialized::<f32>(pooled_shape)? };
-        let out = OutputPtr(
-            output
-                .try_as_plain_ram_mut()?
-                .as_slice_mut::<f32>()?
-                .as_mut_ptr(),
-        );
-        let into = OutputPtr(
-            pooled
-                .try_as_plain_ram_mut()?
-                .as_slice_mut::<f32>()?
-                .as_mut_ptr(),
-        );
-        on_tract_threads(|threads| self.run(&slices, n, g, (out, into), threads));
-        if self.pool {
-            Ok(tvec!(output.into_tvalue(), pooled.into_tvalue()))
-        } else {
-            Ok(tvec!(output.into_tvalue()))
-        }
+        let out = pointer(&mut output)?;
+        // `tile` only writes the pooled output when pooling.
+        let into = match &mut pooled {
+            Some(pooled) => pointer(pooled)?,
+            None => OutputPtr(std::ptr::null_mut()),
+        };
+        on_tract_threads(|threads| self.run(&slices, n, g, (out, into), threads))?;
+        let mut outputs = tvec!(output.into_tvalue());
+        outputs.extend(pooled.map(Tensor::into_tvalue));
+        Ok(outputs)
     }
 
-    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
-        Ok(Some(EvalOp::eval(
-            self,
-            &EvalContext::out_of_plan(),
-            inputs,
-        )?))
-    }
+    op_out_of_plan!();
 }
 
 impl TypedOp for TiledConv {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
-
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs.len() == self.parts.len());
         let first = inputs[0]
@@ -425,4 +416,6 @@ impl TypedOp for TiledConv {
             Ok(tvec!(output))
         }
     }
+
+    as_op!();
 }

@@ -11,9 +11,10 @@
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use super::tract_tiled_conv::{
-    for_each_tile, on_tract_threads, tile_rows, with_scratch, OutputPtr,
+    for_each_tile, on_tract_threads, plain_f32, tile_rows, with_scratch, OutputPtr,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +44,7 @@ impl TiledDeconv {
     unsafe fn tile(
         &self,
         x: &[f32],
+        (weights, bias): (&[f32], &[f32]),
         (h, w): (usize, usize),
         b: usize,
         y0: usize,
@@ -52,17 +54,6 @@ impl TiledDeconv {
     ) {
         let (kh, kw) = self.kernel;
         let cols = (y1 - y0) * w;
-        let weights = self
-            .weights
-            .try_as_plain_ram()
-            .and_then(|w| w.as_slice::<f32>());
-        let bias = self
-            .bias
-            .try_as_plain_ram()
-            .and_then(|b| b.as_slice::<f32>());
-        let (Ok(weights), Ok(bias)) = (weights, bias) else {
-            unreachable!("TiledDeconv is only built with plain f32 weights and bias");
-        };
         let image = &x[(b * self.input_channels * h + y0) * w..];
         // SAFETY: `product` holds taps × cols floats; the input rows y0..y1 of
         // each channel are `cols` floats at stride h·w inside `x`.
@@ -125,9 +116,7 @@ impl Op for TiledDeconv {
         )])
     }
 
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
+    op_as_typed_op!();
 }
 
 impl EvalOp for TiledDeconv {
@@ -140,44 +129,31 @@ impl EvalOp for TiledDeconv {
         );
         let (n, h, w) = (shape[0], shape[2], shape[3]);
         let (kh, kw) = self.kernel;
-        let x = inputs[0].try_as_plain_ram()?.as_slice::<f32>()?;
+        let x = plain_f32(&inputs[0])?;
         // SAFETY: every element is written: the tiles cover all input rows,
         // and each writes every output channel's kh·kw-pixel block per input pixel.
         let mut output =
             unsafe { Tensor::uninitialized::<f32>(&[n, self.output_channels, h * kh, w * kw])? };
         let mut view = output.try_as_plain_ram_mut()?;
         let out = OutputPtr(view.as_slice_mut::<f32>()?.as_mut_ptr());
+        let weights_and_bias = (plain_f32(&self.weights)?, plain_f32(&self.bias)?);
         let rows = tile_rows(self.taps(), h, w);
         let len = self.taps() * rows * w;
         on_tract_threads(|threads| {
             for_each_tile(n, h, rows, threads, |b, y0, y1| {
                 with_scratch(len, |product| {
                     // SAFETY: tiles are disjoint and each is taken by one thread.
-                    unsafe { self.tile(x, (h, w), b, y0, y1, product, out.get()) }
+                    unsafe { self.tile(x, weights_and_bias, (h, w), b, y0, y1, product, out.get()) }
                 })
             })
         });
         Ok(tvec!(output.into_tvalue()))
     }
 
-    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
-        Ok(Some(EvalOp::eval(
-            self,
-            &EvalContext::out_of_plan(),
-            inputs,
-        )?))
-    }
+    op_out_of_plan!();
 }
 
 impl TypedOp for TiledDeconv {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
-
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs.len() == 1 && inputs[0].datum_type == f32::datum_type());
         let shape = inputs[0]
@@ -193,4 +169,5 @@ impl TypedOp for TiledDeconv {
             shape[3] * kw
         ])))
     }
+    as_op!();
 }
