@@ -34,12 +34,15 @@ echo "== 1/4 train $model on the bundled synthetic data"
 "$bin/unet-train" --demo --model "$model" --out "$out/train" ${QUICKSTART_ARGS:-}
 echo "== 2/4 export to ONNX with the parity check (tract$([ -n "$ORT_DYLIB_PATH" ] && echo ', onnxruntime'))"
 "$bin/unet-export" "$out/train/best.safetensors" -o "$out/model.onnx" --report "$out/parity.json" | tee "$out/parity.txt"
-echo "== 3/4 held-out synthetic frames"
-"$bin/unet-train" demo-data --out "$out/heldout" --count 6 --seed 9001 >/dev/null
-echo "== 4/4 inference with tract"
-"$bin/unet-infer" "$out/model.onnx" "$out"/heldout/images/* -o "$out/masks" --overlay --backend tract
+echo "== 3/4 held-out synthetic frames (256x256: the runtime brings them to the training size)"
+rm -rf "$out/heldout"
+"$bin/unet-train" demo-data --out "$out/heldout" --count ${QUICKSTART_HELDOUT:-20} --seed 9001 >/dev/null
+echo "== 4/4 inference and evaluation with tract"
+"$bin/unet-infer" "$out/model.onnx" "$out/heldout/images" -o "$out/masks" --overlay --backend tract --overwrite
+"$bin/unet-infer" eval "$out/model.onnx" --images "$out/heldout/images" --masks "$out/heldout/masks" \
+  -o "$out/eval.csv" --backend tract --overwrite | tee "$out/eval.txt"
 if [ -n "$ORT_DYLIB_PATH" ]; then
-  "$bin/unet-infer" "$out/model.onnx" "$out"/heldout/images/* -o "$out/masks-ort" --overlay --backend ort
+  "$bin/unet-infer" "$out/model.onnx" "$out/heldout/images" -o "$out/masks-ort" --overlay --backend ort --overwrite
 fi
 dice=$(tail -n 1 "$out/train/metrics.jsonl" | grep -o '"val":{"dice":[0-9.]*' | cut -d: -f3 || true)
 cat <<TXT
@@ -50,5 +53,6 @@ Done. Everything is in $out/:
   train/metrics.jsonl      per-epoch metrics
   model.onnx               exported graph;  parity.txt / parity.json  candle vs tract/onnxruntime
   masks/                   mask and overlay PNGs of held-out frames (tract)
+  eval.csv / eval.txt      per-frame Dice, IoU, precision, recall on the held-out frames (tract)
 Validation Dice (last epoch): ${dice:-see train/metrics.jsonl}
 TXT

@@ -3,21 +3,10 @@ use std::path::PathBuf;
 /// Everything that can go wrong building, running, loading or saving a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("unknown preset `{name}` (known: {known})")]
-    UnknownPreset { name: String, known: String },
+    #[error(transparent)]
+    Spec(#[from] unet_spec::SpecError),
     #[error("invalid configuration: {0}")]
     BadConfig(String),
-    #[error(
-        "input size {height}x{width} is not accepted: {reason}; nearest valid heights: {}, widths: {}",
-        fmt_nearest(*nearest_height), fmt_nearest(*nearest_width)
-    )]
-    InvalidInputSize {
-        height: usize,
-        width: usize,
-        reason: String,
-        nearest_height: (Option<usize>, Option<usize>),
-        nearest_width: (Option<usize>, Option<usize>),
-    },
     #[error("input tensor has shape {got:?}, expected [N, {channels}, H, W]")]
     InputShape { got: Vec<usize>, channels: usize },
     #[error("{path}: {reason}")]
@@ -66,15 +55,6 @@ pub enum ModelError {
     },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-}
-
-fn fmt_nearest(n: (Option<usize>, Option<usize>)) -> String {
-    match n {
-        (Some(a), Some(b)) if a == b => a.to_string(),
-        (Some(a), Some(b)) => format!("{a} or {b}"),
-        (Some(a), None) | (None, Some(a)) => a.to_string(),
-        (None, None) => "none".to_string(),
-    }
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

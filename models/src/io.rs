@@ -69,6 +69,12 @@ pub fn load(path: &Path, source: ConfigSource, device: &Device) -> Result<Loaded
         }
         None => Preprocessing::default_for(&config),
     };
+    preprocessing
+        .validate(config.in_channels)
+        .map_err(|e| bad_metadata(path, PREPROCESSING_KEY, e))?;
+    // The rest of the contract (geometry, provenance) must read back too.
+    unet_spec::ModelInfo::from_metadata(&metadata, Some(config.in_channels))
+        .map_err(|e| bad_metadata(path, "unet.*", e))?;
     let tensors = checked_tensors(path, &st, &graph)?;
     let model = UNet::from_named_tensors(graph, tensors, device, 0)?;
     Ok(LoadedModel {
@@ -209,8 +215,16 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tmp-");
+    #[cfg(unix)]
+    {
+        // 0666 less the umask, as `File::create` (tempfile's default, 0600,
+        // hides models in a shared folder from its other users).
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder
         .tempfile_in(&dir)
         .map_err(|e| io_err(without_temp_path(e)))?;
     tmp.write_all(bytes).map_err(io_err)?;
@@ -248,10 +262,14 @@ fn not_safetensors(path: &Path, e: safetensors::SafeTensorError) -> ModelError {
     }
 }
 
-fn bad_metadata(path: &Path, key: &str, e: ModelError) -> ModelError {
+fn bad_metadata(path: &Path, key: &str, e: unet_spec::SpecError) -> ModelError {
+    let (key, reason) = match e {
+        unet_spec::SpecError::BadMetadata { key, reason } => (key, reason),
+        other => (key.to_string(), other.to_string()),
+    };
     ModelError::BadMetadata {
         path: path.to_path_buf(),
-        key: key.into(),
-        reason: e.to_string(),
+        key,
+        reason,
     }
 }

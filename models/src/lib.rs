@@ -7,7 +7,7 @@
 //!
 //! Tensors are NCHW, f32.
 
-pub mod arch;
+pub use unet_spec::arch;
 pub mod config;
 mod cpu_kernels;
 pub mod error;
@@ -22,4 +22,5 @@ pub use error::{ModelError, Result};
 pub use model::UNet;
 
 pub use candle_core;
+pub use unet_spec;
 pub use candle_nn;

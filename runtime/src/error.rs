@@ -50,6 +50,8 @@ pub enum RuntimeError {
         shape: Vec<usize>,
         reason: String,
     },
+    #[error("{path}: {reason}")]
+    BadImageFile { path: PathBuf, reason: String },
     #[error("image {width}x{height} rejected: {reason}")]
     BadImage {
         width: usize,
@@ -86,6 +88,7 @@ impl RuntimeError {
             RuntimeError::BadMetadata { .. } => ErrorKind::BadMetadata,
             RuntimeError::BadInput { .. }
             | RuntimeError::BadImage { .. }
+            | RuntimeError::BadImageFile { .. }
             | RuntimeError::BadOption { .. } => ErrorKind::InvalidInput,
             RuntimeError::Inference { .. } => ErrorKind::Inference,
             RuntimeError::NotCompiled { .. } | RuntimeError::OrtUnavailable { .. } => {

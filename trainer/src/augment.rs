@@ -1,11 +1,15 @@
-//! Augmentation and preprocessing: one inverse geometric map per output pixel
-//! (resize, flips, rotation, elastic deformation as in the U-Net paper), sampled
-//! bilinearly for the image and nearest for the mask so both stay aligned; then
-//! gray-value jitter and normalisation.
+//! Augmentation and preprocessing: the frame is resized with the resampler the
+//! runtime shares (`unet_spec::resample`), then one inverse geometric map per
+//! output pixel (flips, rotation, elastic deformation as in the U-Net paper),
+//! sampled bilinearly for the image and nearest for the mask (from the
+//! original mask, under the same map) so both stay aligned; then gray-value
+//! jitter and normalisation.
 
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
+
+use unet_spec::{Filter, InputGeometry, ResizeMode};
 
 use crate::data::RawSample;
 
@@ -108,6 +112,10 @@ fn grid_displacement(grid: &[[f32; 2]; 9], gx: f32, gy: f32) -> [f32; 2] {
 }
 
 impl Geometry {
+    fn is_identity(&self) -> bool {
+        !self.hflip && !self.vflip && self.angle == 0.0 && self.grid.is_none()
+    }
+
     fn identity() -> Self {
         Geometry {
             hflip: false,
@@ -171,8 +179,11 @@ impl Geometry {
     }
 }
 
-/// Resizes (and with `aug`, randomly transforms) `raw` to `width x height`, then
-/// normalises `(x - mean) / std` per channel.
+/// Resizes `raw` to `width x height` with the resampler the runtime uses
+/// (`unet_spec::resample`, stretched as [`ResizeMode::Stretch`] records), and
+/// with `aug` randomly transforms it at that size; then normalises
+/// `(x - mean) / std` per channel. Without `aug` the image is exactly the
+/// tensor the runtime feeds the exported model for the same frame.
 pub fn prepare(
     raw: &RawSample,
     width: usize,
@@ -182,7 +193,18 @@ pub fn prepare(
     std: &[f32],
 ) -> Prepared {
     let c = raw.channels;
-    let (geometry, gain, offset) = match aug {
+    let (sw, sh) = (raw.width, raw.height);
+    let geometry = InputGeometry {
+        width,
+        height,
+        resize: ResizeMode::Stretch,
+        filter: Filter::Bilinear,
+        size_multiple: 1,
+    };
+    let (mut resized, _) = geometry.fit(&raw.planar());
+    let plane = width * height;
+    let mut mask = vec![0u8; plane];
+    let (warp, gain, offset) = match aug {
         Some((cfg, mut rng)) => {
             let g = Geometry::draw(cfg, &mut rng);
             let gain = if cfg.contrast > 0.0 {
@@ -195,39 +217,51 @@ pub fn prepare(
             } else {
                 0.0
             };
-            (g, gain, offset)
+            (Some(g), gain, offset)
         }
-        None => (Geometry::identity(), 1.0, 0.0),
+        None => (None, 1.0, 0.0),
     };
-    let (sw, sh) = (raw.width, raw.height);
-    let plane = width * height;
-    let mut image = vec![0f32; c * plane];
-    let mut mask = vec![0u8; plane];
-    let inv_std: Vec<f32> = std.iter().map(|s| 1.0 / s).collect();
-    for y in 0..height {
-        for x in 0..width {
-            let (sx, sy) = geometry.source(x, y, (width, height), (sw, sh));
-            // Mask: nearest neighbour, edges replicated like the image.
-            let mx = (sx.floor().max(0.0) as usize).min(sw - 1);
-            let my = (sy.floor().max(0.0) as usize).min(sh - 1);
-            mask[y * width + x] = raw.mask[my * sw + mx];
-            // Image: bilinear between the four nearest pixel centres.
-            let fx = (sx - 0.5).clamp(0.0, (sw - 1) as f32);
-            let fy = (sy - 0.5).clamp(0.0, (sh - 1) as f32);
-            let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
-            let (x1, y1) = ((x0 + 1).min(sw - 1), (y0 + 1).min(sh - 1));
-            let (ax, ay) = (fx - x0 as f32, fy - y0 as f32);
-            for ch in 0..c {
-                let p = |xx: usize, yy: usize| raw.image[(yy * sw + xx) * c + ch];
-                let top = p(x0, y0) * (1.0 - ax) + p(x1, y0) * ax;
-                let bottom = p(x0, y1) * (1.0 - ax) + p(x1, y1) * ax;
-                let v = top * (1.0 - ay) + bottom * ay;
-                let v = ((v - 0.5) * gain + 0.5 + offset).clamp(0.0, 1.0);
-                image[ch * plane + y * width + x] = (v - mean[ch]) * inv_std[ch];
+    let out = (width, height);
+    let warp = warp.unwrap_or_else(Geometry::identity);
+    if !warp.is_identity() {
+        // Bilinear within the resized frame (edges replicated).
+        let src = resized.clone();
+        for y in 0..height {
+            for x in 0..width {
+                let (sx, sy) = warp.source(x, y, out, out);
+                let fx = (sx - 0.5).clamp(0.0, (width - 1) as f32);
+                let fy = (sy - 0.5).clamp(0.0, (height - 1) as f32);
+                let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
+                let (x1, y1) = ((x0 + 1).min(width - 1), (y0 + 1).min(height - 1));
+                let (ax, ay) = (fx - x0 as f32, fy - y0 as f32);
+                for ch in 0..c {
+                    let p = |xx: usize, yy: usize| src.data[ch * plane + yy * width + xx];
+                    let top = p(x0, y0) * (1.0 - ax) + p(x1, y0) * ax;
+                    let bottom = p(x0, y1) * (1.0 - ax) + p(x1, y1) * ax;
+                    resized.data[ch * plane + y * width + x] = top * (1.0 - ay) + bottom * ay;
+                }
             }
         }
     }
-    Prepared { image, mask }
+    for y in 0..height {
+        for x in 0..width {
+            // Mask: nearest source pixel under the same continuous map.
+            let (sx, sy) = warp.source(x, y, out, (sw, sh));
+            let mx = (sx.floor().max(0.0) as usize).min(sw - 1);
+            let my = (sy.floor().max(0.0) as usize).min(sh - 1);
+            mask[y * width + x] = raw.mask[my * sw + mx];
+        }
+    }
+    if gain != 1.0 || offset != 0.0 {
+        for v in &mut resized.data {
+            *v = ((*v - 0.5) * gain + 0.5 + offset).clamp(0.0, 1.0);
+        }
+    }
+    unet_spec::preprocessing::normalise(&mut resized, mean, std);
+    Prepared {
+        image: resized.data,
+        mask,
+    }
 }
 
 #[cfg(test)]

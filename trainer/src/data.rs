@@ -21,6 +21,20 @@ pub struct RawSample {
     pub mask: Vec<u8>,
 }
 
+impl RawSample {
+    /// The image as `[C, H, W]` planes, what the shared resampler takes.
+    pub fn planar(&self) -> unet_spec::Planar {
+        let (c, plane) = (self.channels, self.width * self.height);
+        let mut data = vec![0.0f32; c * plane];
+        for (i, px) in self.image.chunks_exact(c).enumerate() {
+            for (ch, &v) in px.iter().enumerate() {
+                data[ch * plane + i] = v;
+            }
+        }
+        unet_spec::Planar::new(c, self.width, self.height, data)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayoutKind {
     /// `images/NAME.jpg` + `masks/NAME.jpg`.

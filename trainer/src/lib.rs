@@ -19,6 +19,7 @@ pub mod loader;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod provenance;
 pub mod report;
 pub mod schedule;
 pub mod synth;

@@ -15,6 +15,7 @@ use crate::amp::{self, Precision};
 use crate::augment::AugmentConfig;
 use crate::checkpoint::{self, TrainState};
 use crate::data::{channel_stats, Source};
+use unet_spec::keys;
 use crate::error::{Result, TrainError};
 use crate::loader::{epoch_order, Batch, EpochLoader, LoaderConfig};
 use crate::loss::{LossKind, LossParams};
@@ -296,6 +297,8 @@ pub fn run(
     };
     let classes = opts.model.out_channels;
     let (train_idx, val_idx) = split(source.len(), opts.val_split, opts.seed)?;
+    // Geometry and provenance, fixed for the run (the date is its start).
+    let contract = crate::provenance::model_metadata(opts, source.as_ref(), &train_idx);
 
     let options_json = serde_json::to_string(opts).unwrap_or_default();
     let (mut model, preprocessing, mut state, optimizer_state) = match resume {
@@ -605,10 +608,10 @@ pub fn run(
         state.epoch_loss_count = 0;
         state.dropout_step = model.dropout_step();
 
-        let mut extra = HashMap::new();
-        extra.insert("unet.trained_epochs".to_string(), state.epoch.to_string());
+        let mut extra = contract.clone();
+        extra.insert(keys::TRAINED_EPOCHS.to_string(), state.epoch.to_string());
         extra.insert(
-            "unet.val_dice".to_string(),
+            keys::VAL_DICE.to_string(),
             format!("{:.6}", val.metrics.dice),
         );
         if improved {

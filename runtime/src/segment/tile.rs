@@ -9,9 +9,10 @@
 //! untiled. `same` models zero-pad at tile borders, so overlaps are blended
 //! with linear ramps and results agree away from the seams.
 
-use super::{Planar, Segmentation, Segmenter, Tiling};
+use unet_spec::{Planar, SizeRule};
+
+use super::{postprocess, preprocess, Segmentation, Segmenter, Tiling};
 use crate::error::{Result, RuntimeError};
-use crate::metadata::Geometry;
 use crate::session::Tensor4;
 
 /// One axis: tile starts and per-pixel weights of each tile.
@@ -62,10 +63,10 @@ fn axis(len: usize, tile: usize, stride: usize, hard: bool) -> Axis {
 
 impl Segmenter {
     pub(super) fn segment_tiled(&mut self, planar: &Planar, t: Tiling) -> Result<Segmentation> {
-        let g = self.info.geometry;
+        let g = self.info.size_rule;
         let (align, hard) = match g {
-            Geometry::Same { multiple } => (multiple, false),
-            Geometry::Valid { depth } => (1 << depth, true),
+            SizeRule::Same { multiple } => (multiple, false),
+            SizeRule::Valid { depth } => (1 << depth, true),
         };
         // Output tile size the graph accepts, and its input size.
         let (tile_in, tile_out, margin) =
@@ -74,6 +75,19 @@ impl Segmenter {
                     option: "tiling",
                     reason: format!("no input size of {g:?} gives a {} px tile", t.tile),
                 })?;
+        // Fewer than four pooling strides leaves the deepest layers almost no
+        // context: masks come out nearly empty, which no user asking for
+        // small tiles means.
+        if tile_out < 4 * align {
+            return Err(RuntimeError::BadOption {
+                option: "tiling",
+                reason: format!(
+                    "tile {} px is too small for this model: use at least {} (4 x its stride {align})",
+                    t.tile,
+                    4 * align
+                ),
+            });
+        }
         let stride = (tile_out.saturating_sub(t.overlap) / align * align).max(align);
         if stride > tile_out {
             return Err(RuntimeError::BadOption {
@@ -90,7 +104,8 @@ impl Segmenter {
         let mut input = Tensor4::zeros([1, planar.channels, tile_in, tile_in]);
         for (ky, &py) in ys.starts.iter().enumerate() {
             for (kx, &px) in xs.starts.iter().enumerate() {
-                planar.gather(
+                preprocess::gather(
+                    planar,
                     &mut input,
                     0,
                     py as isize - margin as isize,
@@ -99,7 +114,8 @@ impl Segmenter {
                 let output = self.run_checked(&input, tile_out, tile_out)?;
                 // Only the part of the tile inside the image.
                 let (th, tw) = ((h - py).min(tile_out), (w - px).min(tile_out));
-                let (c, probs) = self.probabilities(&output, 0, 0, 0, th, tw);
+                let (c, probs) =
+                    postprocess::probabilities(&self.info, &output, 0, (0, 0), (th, tw));
                 if acc.is_empty() {
                     classes = c;
                     acc = vec![0.0; c * h * w];
@@ -125,7 +141,13 @@ impl Segmenter {
                 *a /= n;
             }
         }
-        Ok(self.finish(classes, acc, h, w))
+        Ok(postprocess::finish(
+            self.info.preprocessing.threshold,
+            classes,
+            acc,
+            h,
+            w,
+        ))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use image::{DynamicImage, Rgb, RgbImage};
 use unet_runtime::{
-    Backend, Ep, Fit, Geometry, Head, ImageView, PixelFormat, Segmenter, SegmenterOptions, Session,
+    Backend, Ep, Fit, Head, SizeRule, ImageView, PixelFormat, Segmenter, SegmenterOptions, Session,
     Tensor4,
 };
 
@@ -57,7 +57,7 @@ fn metadata_drives_normalisation_and_threshold() {
     for backend in backends("metadata_drives_normalisation_and_threshold") {
         // 7x5: odd sizes are padded to the size multiple (2) and cropped back.
         let mut s = Segmenter::from_file(data("color.onnx"), backend.clone()).expect("load");
-        assert_eq!(s.info().geometry, Geometry::Same { multiple: 2 });
+        assert_eq!(s.info().size_rule, SizeRule::Same { multiple: 2 });
         let seg = s.segment(&red_green(7, 5)).expect("segment");
         assert_eq!((seg.width, seg.height, seg.classes), (7, 5, 1));
         for y in 0..5 {
@@ -125,7 +125,7 @@ fn defaults_without_metadata_match_a_manual_pipeline() {
     let path = fixture("unet", "model.onnx");
     for backend in backends("defaults_without_metadata") {
         let mut s = Segmenter::from_file(&path, backend.clone()).expect("load");
-        assert_eq!(s.info().geometry, Geometry::Same { multiple: 16 });
+        assert_eq!(s.info().size_rule, SizeRule::Same { multiple: 16 });
         assert_eq!(s.info().head, Head::Logits);
         let image = texture(48, 32);
         let seg = s.segment(&image).expect("segment");
@@ -175,7 +175,7 @@ fn batch_equals_single_images() {
 fn multiclass_softmax_and_argmax() {
     // unet-paper: valid padding, 2 classes, no metadata: geometry given by hand.
     let options = SegmenterOptions {
-        geometry: Some(Geometry::Valid { depth: 3 }),
+        size_rule: Some(SizeRule::Valid { depth: 3 }),
         ..SegmenterOptions::default()
     };
     let path = fixture("unet-paper", "model.onnx");

@@ -1,13 +1,13 @@
 //! Overlap-tile inference against whole-image inference.
 
-use unet_runtime::{Geometry, Segmenter, SegmenterOptions, Tiling};
+use unet_runtime::{SizeRule, Segmenter, SegmenterOptions, Tiling};
 
 use crate::common::*;
 use crate::segment::texture;
 
-fn segmenter(case: &str, geometry: Geometry, tiling: Option<Tiling>) -> Segmenter {
+fn segmenter(case: &str, geometry: SizeRule, tiling: Option<Tiling>) -> Segmenter {
     let options = SegmenterOptions {
-        geometry: Some(geometry),
+        size_rule: Some(geometry),
         tiling,
         ..SegmenterOptions::default()
     };
@@ -17,7 +17,7 @@ fn segmenter(case: &str, geometry: Geometry, tiling: Option<Tiling>) -> Segmente
 #[test]
 fn valid_model_tiled_equals_untiled_exactly() {
     // unet-paper fixture: valid padding, depth 3 (margin 44 px per side).
-    let g = Geometry::Valid { depth: 3 };
+    let g = SizeRule::Valid { depth: 3 };
     let image = texture(100, 70).grayscale();
     let whole = segmenter("unet-paper", g, None)
         .segment(&image)
@@ -43,7 +43,7 @@ fn same_model_tiled_matches_untiled_away_from_seams() {
     // 128 overlapping by 64 start at 0, 64, 128: the 64 px at each end of an
     // axis belong to one tile, everything between is blended across a seam
     // where both tiles see their own zero padding.
-    let g = Geometry::Same { multiple: 8 };
+    let g = SizeRule::Same { multiple: 8 };
     let n = 256usize;
     let image = texture(n as u32, n as u32);
     let whole = segmenter("unet", g, None).segment(&image).expect("whole");

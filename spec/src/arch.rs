@@ -4,7 +4,7 @@
 //!
 //! [`Graph::build`] turns a [`UNetConfig`] into a topologically ordered list of
 //! typed primitive layers. Every consumer derives from this list: the candle
-//! forward pass ([`crate::UNet`]), the parameter list and its PyTorch
+//! forward pass (`unet_models::UNet`), the parameter list and its PyTorch
 //! `state_dict` names ([`Graph::params`]), shape inference, and the ONNX lowering
 //! in the exporter. Tensors are NCHW throughout.
 //!
@@ -17,7 +17,7 @@
 //! - `head` (1x1 conv with bias).
 
 use crate::config::{Padding, UNetConfig, Upsampling};
-use crate::error::{ModelError, Result};
+use crate::error::{Result, SpecError};
 
 /// Index of a node in [`Graph::nodes`].
 pub type NodeId = usize;
@@ -379,7 +379,7 @@ impl Graph {
     pub fn spatial_sizes(&self, h: usize, w: usize) -> Result<Vec<(usize, usize)>> {
         match (self.infer_sizes(h), self.infer_sizes(w)) {
             (Ok(hs), Ok(ws)) => Ok(hs.into_iter().zip(ws).collect()),
-            _ => Err(ModelError::InvalidInputSize {
+            _ => Err(SpecError::InvalidInputSize {
                 height: h,
                 width: w,
                 reason: match self.config.padding {
