@@ -1,11 +1,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use unet_trainer::cli::{run, Cli};
+use unet_trainer::cli::{init_logging, run, Cli};
 
 fn main() -> ExitCode {
     unet_trainer::allocator::keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logging(cli.train.quiet);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
