@@ -1,7 +1,7 @@
 //! What a run leaves to read after each epoch: `metrics.jsonl` (one nested
 //! record per epoch), `results.csv` (the same, flat, for spreadsheets and
 //! pandas) and `val_preview.png` (validation images with true and predicted
-//! masks); `curves.png` is drawn by [`crate::plot`].
+//! masks); `curves.png` is drawn in the `plot` module.
 
 use std::path::Path;
 

@@ -1,7 +1,8 @@
 //! Time-boxed training (`--time`): how many optimiser steps still fit in the
 //! budget, from the measured time of the steps and of the end-of-epoch work
-//! (validation, saving) so far. The schedule is re-laid over that many steps,
-//! so its cosine ends at the budget.
+//! (validation, saving) so far. The schedule is re-laid over that many steps
+//! after every step, so its cosine ends at the budget; its warm-up is cut to a
+//! tenth of the plan when longer.
 
 use std::time::{Duration, Instant};
 

@@ -189,6 +189,10 @@ impl Trainer<'_> {
             .and_then(|b| b.planned_total(self.state.global_step, left_in_epoch, spe))
         {
             self.schedule.total_steps = total.max(self.state.global_step);
+            // Warm-up takes at most a tenth of what the budget allows (never lengthened
+            // again, so a later, longer plan does not restart it).
+            let cfg = &mut self.schedule.cfg;
+            cfg.warmup_steps = cfg.warmup_steps.min(self.schedule.total_steps / 10);
         }
     }
 

@@ -78,7 +78,7 @@ impl Learner {
         input: &Tensor,
         target: &Tensor,
         update: Option<f64>,
-        mut scaler: Option<&mut LossScaler>,
+        scaler: Option<&mut LossScaler>,
     ) -> Result<StepReport> {
         let t0 = Instant::now();
         let logits = self.model.forward_t(input, true)?;
@@ -115,7 +115,7 @@ impl Learner {
         let t2 = Instant::now();
         let mut applied = false;
         if let Some(lr) = update {
-            if amp::step_allowed(scaler.as_deref_mut(), &self.pending)? {
+            if amp::step_allowed(scaler, &self.pending)? {
                 if let Some(max) = self.clip_grad_norm {
                     clip_grad_norm(&mut self.pending, max)?;
                 }
