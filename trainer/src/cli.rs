@@ -397,6 +397,8 @@ pub fn options(a: &TrainArgs) -> anyhow::Result<TrainOptions> {
 fn train(a: &TrainArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
     let opts = options(a)?;
+    // Before any data is read or generated at the requested size.
+    opts.validate()?;
     let source: Arc<dyn Source> = if let Some(dir) = &a.data {
         let spec = DataSpec::detect(dir)?;
         file_source(spec, a, &opts)?
@@ -548,6 +550,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             size,
             seed,
         }) => {
+            if !(1..=4096).contains(size) {
+                bail!("--size {size}: the synthetic images' side must be 1 to 4096 pixels");
+            }
             synth::write_synthetic(out, *count, *size, *seed)
                 .with_context(|| format!("writing synthetic data to {}", out.display()))?;
             println!(

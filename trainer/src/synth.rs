@@ -252,7 +252,8 @@ pub fn demo_source(count: usize, size: usize, seed: u64) -> MemorySource {
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            // A generator that panicked is a bug: re-raise it rather than drop its samples.
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
     MemorySource { samples }

@@ -309,3 +309,39 @@ fn version_names_the_binary() {
         format!("unet-train {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// The binary: `--version` names it; usage and option errors exit 1 (2 is
+/// kept for parity drift) with a message, before any data is generated.
+#[test]
+fn binary_exit_codes() {
+    let bin = env!("CARGO_BIN_EXE_unet-train");
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("unet-train {}", env!("CARGO_PKG_VERSION"))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("run");
+    for (args, message) in [
+        (vec!["--bogus"], "unexpected argument"),
+        (vec!["--time", "soon"], "--time"),
+        (vec!["--lr=-1"], "--lr: -1 is not a positive learning rate"),
+        (vec!["--image-size", "0x0"], "0x0 has no pixels"),
+        (vec!["--image-size", "16384x16384"], "over the limit"),
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(&args)
+            .arg("--out")
+            .arg(&runs)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert!(!runs.exists(), "{args:?} created the output folder");
+    }
+}
