@@ -264,7 +264,8 @@ fn time_budget_fits_the_schedule_and_stops() {
     assert!((2.0..15.0).contains(&took), "a 3 s budget took {took:.1} s");
     assert!(dir.path().join(BEST_FILE).is_file());
     let last = s.history.last().unwrap();
-    let floor = opts.schedule.min_lr + 0.02 * (opts.lr - opts.schedule.min_lr);
+    // The last of S cosine steps is (pi / S)^2 / 4 of the range above the floor: < 3 % for S >= 10.
+    let floor = opts.schedule.min_lr + 0.03 * (opts.lr - opts.schedule.min_lr);
     assert!(
         last.lr <= floor,
         "last lr {} after {} steps, floor {}",
