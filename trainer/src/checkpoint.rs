@@ -45,6 +45,9 @@ pub struct TrainState {
     /// f16 loss scale (None in f32 and bf16).
     #[serde(default)]
     pub loss_scaler: Option<LossScaler>,
+    /// Wall-clock seconds the run has trained so far (counts against `--time`).
+    #[serde(default)]
+    pub seconds_spent: f64,
 }
 
 /// serde_json writes a non-finite f64 as null; read null back as -inf.
@@ -78,7 +81,7 @@ pub fn save(
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    Ok(unet_models::io::atomic_write(path, &bytes)?)
+    crate::files::atomic_write(path, &bytes)
 }
 
 /// A checkpoint read back.
@@ -123,8 +126,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
                     )))
                 }
             };
-            let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?
-                .to_device(device)?;
+            let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
+                .and_then(|t| t.to_device(device))
+                .map_err(|e| bad(format!("optimizer tensor `{name}`: {e}")))?;
             optimizer.insert(name, t);
         } else {
             model_views.push((name, view));

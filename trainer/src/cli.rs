@@ -9,12 +9,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use unet_models::candle_core::{DType, Device, Tensor};
 use unet_models::{UNet, UNetConfig};
 
-use crate::amp::{self, Precision};
+use crate::amp::Precision;
 use crate::augment::AugmentConfig;
-use crate::data::{self, DataSpec, FileSource, MemorySource, Source};
+use crate::data::{self, DataSpec, FileSource, Source};
 use crate::loss::{LossKind, LossParams};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
-use crate::schedule::SchedulerKind;
+use crate::options::defaults;
+use crate::schedule::{ScheduleConfig, SchedulerKind};
+use crate::synth;
+use crate::train::step::Learner;
 use crate::train::{self, Normalization, TrainOptions};
 
 const EXAMPLES: &str = "\
@@ -27,6 +30,8 @@ Examples:
   unet-train --images imgs/ --masks labels/ --model attention-unet-16 --optimizer sgd --momentum 0.99 --lr 0.01
   # Three classes from class-index PNG masks:
   unet-train --data data/seg --classes 3 --loss ce-dice --class-names background,polyp,instrument
+  # Train for five minutes (the schedule is fitted to the budget):
+  unet-train --data data/Kvasir-SEG --time 5m --out runs/kvasir-5m
   # Continue an interrupted run:
   unet-train --demo --out runs/demo --resume runs/demo/checkpoint.safetensors
   # Write the synthetic data in Kvasir-SEG layout, then train from disk:
@@ -36,9 +41,10 @@ Examples:
 ///
 /// Writes into --out: best.safetensors (best validation Dice, self-describing,
 /// ready for `unet-export`), last.safetensors, checkpoint.safetensors (for
-/// --resume), metrics.jsonl, curves.png and val_preview.png.
+/// --resume), metrics.jsonl, results.csv, curves.png and val_preview.png.
+/// Log lines follow RUST_LOG (e.g. RUST_LOG=warn); --quiet keeps warnings only.
 #[derive(Parser, Debug)]
-#[command(name = "unet-train", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
+#[command(name = "unet-train", bin_name = "unet-train", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -100,7 +106,7 @@ pub struct TrainArgs {
     /// Train on bundled synthetic endoscopy-like frames (the default without --data/--images).
     #[arg(long)]
     pub demo: bool,
-    /// Number of synthetic samples for --demo (10% held out for validation).
+    /// Number of synthetic samples for --demo (--val-split of them held out for validation).
     #[arg(long, default_value_t = 240)]
     pub demo_count: usize,
     /// Skip unmatched or unreadable files with a warning instead of stopping.
@@ -118,85 +124,91 @@ pub struct TrainArgs {
     pub class_names: Vec<String>,
 
     /// Epochs (default: 3 for --demo, 40 for a data set on disk).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "time")]
     pub epochs: Option<usize>,
-    #[arg(long, default_value_t = 4)]
+    /// Train for this long instead of a number of epochs (90s, 5m, 1h30m): the
+    /// schedule (warm-up, cosine) is fitted to the budget from measured step
+    /// times, the best model is kept, and training stops when it is spent.
+    #[arg(long, value_parser = parse_duration)]
+    pub time: Option<std::time::Duration>,
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     pub batch_size: usize,
     /// Micro-batches per optimiser step (gradient accumulation).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults::ACCUMULATE)]
     pub accumulate: usize,
-    #[arg(long, default_value_t = 3e-3)]
+    /// Peak learning rate (positive).
+    #[arg(long, default_value_t = defaults::LR)]
     pub lr: f64,
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
     pub optimizer: OptimizerKind,
     /// SGD momentum (0.99 as in the U-Net paper).
-    #[arg(long, default_value_t = 0.99)]
+    #[arg(long, default_value_t = defaults::MOMENTUM)]
     pub momentum: f64,
     /// L2 penalty (adam, sgd) or decoupled weight decay (adamw).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = defaults::WEIGHT_DECAY)]
     pub weight_decay: f64,
     #[arg(long, value_enum, default_value_t = LossKind::BceDice)]
     pub loss: LossKind,
     /// Smoothing term of the Dice, Jaccard and Tversky losses.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = LossParams::default().smooth)]
     pub smooth: f64,
     #[arg(long, value_enum, default_value_t = SchedulerKind::Cosine)]
     pub scheduler: SchedulerKind,
     /// Floor of the cosine schedules.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = defaults::MIN_LR)]
     pub min_lr: f64,
     /// Linear learning-rate warm-up, in optimiser steps.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = defaults::WARMUP_STEPS)]
     pub warmup_steps: u64,
     /// Step schedule: decay every this many epochs.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = defaults::STEP_EPOCHS)]
     pub step_epochs: u64,
     /// Step schedule: decay factor.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = defaults::GAMMA)]
     pub gamma: f64,
     /// Warm restarts: first cycle length in epochs.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = defaults::RESTART_EPOCHS)]
     pub restart_epochs: f64,
     /// Warm restarts: cycle length multiplier.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = defaults::RESTART_MULT)]
     pub restart_mult: f64,
     /// Clip the global gradient norm to this value.
     #[arg(long)]
     pub clip_grad: Option<f64>,
 
-    /// Network input size, WxH or N (multiples of 2^depth).
-    #[arg(long, default_value = "128x128")]
+    /// Network input size, WxH or N (multiples of 2^depth; at most 4096x4096 pixels).
+    #[arg(long, default_value_t = format!("{0}x{0}", defaults::IMAGE_SIZE))]
     pub image_size: String,
     /// Fraction of the samples held out for validation.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = defaults::VAL_SPLIT)]
     pub val_split: f64,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
     /// Input normalisation (the values used are stored in the model file).
     #[arg(long, value_enum, default_value_t = NormArg::Dataset)]
     pub normalize: NormArg,
     /// Foreground probability threshold for metrics and the saved model.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = defaults::THRESHOLD)]
     pub threshold: f32,
 
     /// Disable augmentation.
     #[arg(long)]
     pub no_augment: bool,
     /// Maximum rotation in degrees.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = AugmentConfig::default().rotate_degrees)]
     pub rotate: f32,
     /// Elastic deformation: std of the 3x3-grid displacements in pixels (0 = off).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = AugmentConfig::default().elastic_sigma)]
     pub elastic_sigma: f32,
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = AugmentConfig::default().elastic_prob)]
     pub elastic_prob: f32,
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = AugmentConfig::default().hflip)]
     pub hflip: f32,
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = AugmentConfig::default().vflip)]
     pub vflip: f32,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = AugmentConfig::default().brightness)]
     pub brightness: f32,
-    #[arg(long, default_value_t = 0.15)]
+    #[arg(long, default_value_t = AugmentConfig::default().contrast)]
     pub contrast: f32,
 
     /// cpu, cuda or cuda:N (cuda needs the `cuda` cargo feature).
@@ -211,10 +223,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Data-loading worker threads (0 = load on the training thread).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults::WORKERS)]
     pub workers: usize,
     /// Batches each worker prepares ahead.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = defaults::PREFETCH)]
     pub prefetch: usize,
 
     #[arg(long, default_value = "runs/unet")]
@@ -225,12 +237,37 @@ pub struct TrainArgs {
     /// Also checkpoint every N optimiser steps (always at each epoch end).
     #[arg(long)]
     pub save_every_steps: Option<u64>,
-    /// Stop after N optimiser steps (checkpointed), e.g. to time-box a run.
+    /// Stop after N optimiser steps of this call (checkpointed); with --resume,
+    /// N more steps from the checkpoint's.
     #[arg(long)]
     pub stop_after_steps: Option<u64>,
-    /// No progress bars or per-epoch lines.
+    /// No progress bars or per-epoch lines (warnings and errors only).
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Log lines to stderr: info and up (warnings up with `quiet`), or as
+/// `RUST_LOG` says; info lines are bare messages, others carry their level.
+pub fn init_logging(quiet: bool) {
+    use std::io::Write;
+    let level = if quiet {
+        log::LevelFilter::Warn
+    } else {
+        log::LevelFilter::Info
+    };
+    let _ = env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .format(|buf, record| match record.level() {
+            log::Level::Info => writeln!(buf, "{}", record.args()),
+            other => writeln!(
+                buf,
+                "{}: {}",
+                other.as_str().to_ascii_lowercase(),
+                record.args()
+            ),
+        })
+        .try_init();
 }
 
 /// Parses `cpu`, `cuda`, `cuda:N`.
@@ -254,19 +291,14 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     }
 }
 
+/// `90s`, `5m`, `1h30m`, `2h 15m` (humantime's syntax).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 90s, 5m, 1h30m)"))
+}
+
+/// `--image-size`: the spelling every tool shares (`unet_spec::size`).
 fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
-    let parse = |v: &str| {
-        v.trim()
-            .parse::<usize>()
-            .with_context(|| format!("bad --image-size `{s}`: expected WxH or N"))
-    };
-    match s.split_once(['x', 'X']) {
-        Some((w, h)) => Ok((parse(w)?, parse(h)?)),
-        None => {
-            let n = parse(s)?;
-            Ok((n, n))
-        }
-    }
+    unet_spec::size::parse_wxh(s).with_context(|| format!("bad --image-size `{s}`"))
 }
 
 fn model_config(spec: &str, classes: Option<usize>) -> anyhow::Result<UNetConfig> {
@@ -301,9 +333,9 @@ pub fn options(a: &TrainArgs) -> anyhow::Result<TrainOptions> {
         epochs: a
             .epochs
             .unwrap_or(if a.data.is_some() || a.images.is_some() {
-                40
+                defaults::EPOCHS
             } else {
-                3
+                defaults::DEMO_EPOCHS
             }),
         batch_size: a.batch_size,
         accumulate: a.accumulate,
@@ -322,13 +354,15 @@ pub fn options(a: &TrainArgs) -> anyhow::Result<TrainOptions> {
             smooth: a.smooth,
             ..LossParams::default()
         },
-        scheduler: a.scheduler,
-        min_lr: a.min_lr,
-        warmup_steps: a.warmup_steps,
-        step_epochs: a.step_epochs,
-        gamma: a.gamma,
-        restart_epochs: a.restart_epochs,
-        restart_mult: a.restart_mult,
+        schedule: ScheduleConfig {
+            kind: a.scheduler,
+            min_lr: a.min_lr,
+            warmup_steps: a.warmup_steps,
+            step_epochs: a.step_epochs,
+            gamma: a.gamma,
+            restart_epochs: a.restart_epochs,
+            restart_mult: a.restart_mult,
+        },
         clip_grad_norm: a.clip_grad,
         width,
         height,
@@ -345,36 +379,16 @@ pub fn options(a: &TrainArgs) -> anyhow::Result<TrainOptions> {
         class_names: a.class_names.clone(),
         save_every_steps: a.save_every_steps,
         stop_after_steps: a.stop_after_steps,
-        preview_count: 6,
+        time_budget: a.time,
+        preview_count: defaults::PREVIEW_COUNT,
     })
-}
-
-/// Synthetic samples generated at the training size (in parallel; order-independent).
-pub fn demo_source(count: usize, size: usize, seed: u64) -> MemorySource {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = count.div_ceil(threads).max(1);
-    let samples = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..count)
-            .step_by(chunk)
-            .map(|start| {
-                scope.spawn(move || {
-                    (start..(start + chunk).min(count))
-                        .map(|i| crate::synth::generate(seed, i as u64, size))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    MemorySource { samples }
 }
 
 fn train(a: &TrainArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
     let opts = options(a)?;
+    // Before any data is read or generated at the requested size.
+    opts.validate()?;
     let source: Arc<dyn Source> = if let Some(dir) = &a.data {
         let spec = DataSpec::detect(dir)?;
         file_source(spec, a, &opts)?
@@ -385,20 +399,27 @@ fn train(a: &TrainArgs) -> anyhow::Result<()> {
             bail!("--demo data is binary: drop --classes or use --data");
         }
         let side = opts.width.max(opts.height);
-        println!(
+        log::info!(
             "data: {} synthetic endoscopy frames ({side}x{side}, seed {}), generated in memory",
-            a.demo_count, a.seed
+            a.demo_count,
+            a.seed
         );
-        Arc::new(demo_source(a.demo_count, side, a.seed))
+        Arc::new(synth::demo_source(a.demo_count, side, a.seed))
     };
     let started = Instant::now();
     let summary = train::run(&opts, source, &a.out, &device, a.resume.as_deref(), a.quiet)?;
     let last = summary.history.last();
     if summary.interrupted {
         println!(
-            "stopped as asked after {:?} steps; continue with --resume {}",
-            opts.stop_after_steps,
+            "stopped as asked after {} step(s); continue with --resume {}",
+            opts.stop_after_steps.unwrap_or_default(),
             a.out.join(train::CHECKPOINT_FILE).display()
+        );
+    }
+    if summary.out_of_time {
+        println!(
+            "time budget of {} spent",
+            humantime::format_duration(opts.time_budget.unwrap_or_default())
         );
     }
     println!(
@@ -417,7 +438,7 @@ fn file_source(
     a: &TrainArgs,
     opts: &TrainOptions,
 ) -> anyhow::Result<Arc<dyn Source>> {
-    println!(
+    log::info!(
         "data: {} layout: images {}, masks {}",
         spec.kind,
         spec.images.display(),
@@ -430,9 +451,9 @@ fn file_source(
         a.skip_bad,
     )?;
     for p in &report.skipped {
-        eprintln!("warning: skipping {p}");
+        log::warn!("skipping {p}");
     }
-    println!("data: {} image/mask pairs", report.pairs.len());
+    log::info!("data: {} image/mask pairs", report.pairs.len());
     Ok(Arc::new(FileSource {
         pairs: report.pairs,
         in_channels: opts.model.in_channels,
@@ -440,8 +461,9 @@ fn file_source(
     }))
 }
 
-/// One training step timed: forward (train mode), BCE-with-logits loss, backward, AdamW
-/// (with f16, also the loss scaling and the overflow check).
+/// Training steps timed on random data: [`Learner::step`] (forward in
+/// training mode, BCE-with-logits loss, backward, AdamW; with f16 also the
+/// loss scaling and the overflow check), as the training loop runs it.
 pub fn bench_step(
     model: &str,
     size: usize,
@@ -459,7 +481,7 @@ pub fn bench_step(
     let t = Tensor::rand(0f32, 1.0, (batch, cfg.out_channels, size, size), &device)?
         .ge(0.5)?
         .to_dtype(DType::F32)?;
-    let mut opt = Optimizer::new(
+    let opt = Optimizer::new(
         OptimizerConfig {
             kind: OptimizerKind::Adamw,
             beta1: 0.9,
@@ -470,7 +492,7 @@ pub fn bench_step(
         },
         net.trainable_vars(),
     );
-    let vars: Vec<_> = net.trainable_vars().into_iter().map(|(_, v)| v).collect();
+    let mut learner = Learner::new(net, opt, LossKind::Bce, LossParams::default(), 1, None);
     let threads = unet_models::candle_core::utils::get_num_threads();
     println!(
         "bench-step: {model} {size}x{size} batch {batch}, {threads} thread(s), {:?}, {precision:?}",
@@ -479,33 +501,15 @@ pub fn bench_step(
     let mut times = Vec::new();
     for i in 0..steps + 2 {
         let t0 = Instant::now();
-        let y = net.forward_t(&x, true)?;
-        let t1 = Instant::now();
-        let loss = crate::loss::bce_with_logits(&y, &t)?;
-        let scale = scaler.map_or(1.0, |s| s.scale);
-        let grads = (loss * scale)?.backward()?;
-        let t2 = Instant::now();
-        let g: Vec<Option<Tensor>> = vars
-            .iter()
-            .map(|v| {
-                grads
-                    .get(v.as_tensor())
-                    .map(|g| amp::unscale(g, scale))
-                    .transpose()
-            })
-            .collect::<crate::Result<_>>()?;
-        if amp::step_allowed(scaler.as_mut(), &g)? {
-            opt.step(&g, 1e-3)?;
-        }
+        let r = learner.step(&x, &t, Some(1e-3), scaler.as_mut())?;
         device.synchronize()?;
-        let t3 = Instant::now();
-        let total = (t3 - t0).as_secs_f64();
+        let total = t0.elapsed().as_secs_f64();
         println!(
             "  step {i}: {:.1} ms (forward {:.1}, loss+backward {:.1}, adamw {:.1}){}",
             total * 1e3,
-            (t1 - t0).as_secs_f64() * 1e3,
-            (t2 - t1).as_secs_f64() * 1e3,
-            (t3 - t2).as_secs_f64() * 1e3,
+            r.forward.as_secs_f64() * 1e3,
+            r.backward.as_secs_f64() * 1e3,
+            (total - (r.forward + r.backward).as_secs_f64()) * 1e3,
             if i < 2 { " warm-up" } else { "" }
         );
         if i >= 2 {
@@ -514,7 +518,11 @@ pub fn bench_step(
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    println!("median step: {:.1} ms", median * 1e3);
+    println!(
+        "median step: {:.1} ms ({:.1} images/s)",
+        median * 1e3,
+        batch as f64 / median
+    );
     Ok(())
 }
 
@@ -532,7 +540,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             size,
             seed,
         }) => {
-            data::write_synthetic(out, *count, *size, *seed)
+            if !(1..=4096).contains(size) {
+                bail!("--size {size}: the synthetic images' side must be 1 to 4096 pixels");
+            }
+            synth::write_synthetic(out, *count, *size, *seed)
                 .with_context(|| format!("writing synthetic data to {}", out.display()))?;
             println!(
                 "wrote {count} synthetic samples ({size}x{size}) to {} in Kvasir-SEG layout (images/, masks/)",

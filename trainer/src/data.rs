@@ -421,49 +421,6 @@ impl Source for MemorySource {
     }
 }
 
-/// Writes `count` synthetic samples to `dir` in Kvasir-SEG layout
-/// (`images/NAME.jpg`, `masks/NAME.png` with 0/255).
-pub fn write_synthetic(dir: &Path, count: usize, size: usize, seed: u64) -> Result<()> {
-    for sub in ["images", "masks"] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(|source| TrainError::Io {
-            dir: dir.join(sub),
-            what: "cannot create".into(),
-            source,
-        })?;
-    }
-    for i in 0..count {
-        let s = crate::synth::generate(seed, i as u64, size);
-        let name = format!("synthetic_{i:04}");
-        let rgb: Vec<u8> = s.image.iter().map(|v| (v * 255.0).round() as u8).collect();
-        let mask: Vec<u8> = s
-            .mask
-            .iter()
-            .map(|&m| if m > 0 { 255 } else { 0 })
-            .collect();
-        let mut jpeg = Vec::new();
-        let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95);
-        let image_path = dir.join("images").join(format!("{name}.jpg"));
-        image::ImageEncoder::write_image(
-            encoder,
-            &rgb,
-            size as u32,
-            size as u32,
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|reason| TrainError::Image {
-            path: image_path.clone(),
-            reason,
-        })?;
-        unet_models::io::atomic_write(&image_path, &jpeg)?;
-        let mask_path = dir.join("masks").join(format!("{name}.png"));
-        unet_models::io::atomic_write(
-            &mask_path,
-            &crate::report::encode_png(&mask, size, size, 1, &mask_path)?,
-        )?;
-    }
-    Ok(())
-}
-
 /// Per-channel mean and standard deviation of pixel values in [0, 1].
 pub fn channel_stats(samples: &[RawSample]) -> (Vec<f32>, Vec<f32>) {
     let channels = samples.first().map_or(3, |s| s.channels);

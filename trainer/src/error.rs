@@ -65,6 +65,8 @@ pub enum TrainError {
         path: PathBuf,
         reason: image::ImageError,
     },
+    #[error("{path}: cannot draw the plot: {reason}")]
+    Plot { path: PathBuf, reason: String },
     #[error("data loader worker stopped: {0}")]
     Worker(String),
     #[error(transparent)]

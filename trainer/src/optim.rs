@@ -261,7 +261,11 @@ impl Optimizer {
     }
 
     /// Restores [`Self::state_tensors`] and the step count.
-    pub fn load_state(&mut self, mut tensors: HashMap<String, Tensor>, steps: u64) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        mut tensors: HashMap<String, Tensor>,
+        steps: u64,
+    ) -> std::result::Result<(), String> {
         let device = self.vars.first().map(|(_, v)| v.device().clone());
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (prefix, slot) in [(FIRST, &mut self.first[i]), (SECOND, &mut self.second[i])] {
@@ -271,17 +275,15 @@ impl Optimizer {
                             device
                                 .as_ref()
                                 .unwrap_or(&unet_models::candle_core::Device::Cpu),
-                        )?,
+                        )
+                        .map_err(|e| format!("optimizer state of `{name}`: {e}"))?,
                     ),
                     Some(t) => {
-                        return Err(TrainError::BadCheckpoint {
-                            path: Default::default(),
-                            reason: format!(
-                                "optimizer state of `{name}` has shape {:?}, the parameter {:?}",
-                                t.dims(),
-                                var.dims()
-                            ),
-                        })
+                        return Err(format!(
+                            "optimizer state of `{name}` has shape {:?}, the parameter {:?}",
+                            t.dims(),
+                            var.dims()
+                        ))
                     }
                     None => None,
                 };

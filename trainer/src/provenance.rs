@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use unet_spec::{keys, provenance, Filter, InputGeometry, Provenance, ResizeMode};
 
 use crate::data::Source;
-use crate::train::TrainOptions;
+use crate::options::TrainOptions;
 
 /// How training brought every frame to the network: stretched to
 /// `width x height` with the shared bilinear resampler.

@@ -1,12 +1,17 @@
 //! Deterministic synthetic endoscopy-like frames with exact polyp masks, so
-//! `unet-train --demo` trains offline. Sample `i` of seed `s` is always the same
-//! image, whatever the size of the set or the order of generation.
+//! `unet-train --demo` trains offline: generated in memory ([`demo_source`])
+//! or written to disk in Kvasir-SEG layout ([`write_synthetic`]). Sample `i`
+//! of seed `s` is always the same image, whatever the size of the set or the
+//! order of generation.
+
+use std::path::Path;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::data::RawSample;
+use crate::data::{MemorySource, RawSample};
+use crate::error::{Result, TrainError};
 
 /// One polyp: a star-shaped blob whose radius varies smoothly with the angle.
 struct Blob {
@@ -228,6 +233,73 @@ pub fn generate(seed: u64, index: u64, size: usize) -> RawSample {
         image,
         mask,
     }
+}
+
+/// Synthetic samples generated at the training size (in parallel; order-independent).
+pub fn demo_source(count: usize, size: usize, seed: u64) -> MemorySource {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = count.div_ceil(threads).max(1);
+    let samples = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .step_by(chunk)
+            .map(|start| {
+                scope.spawn(move || {
+                    (start..(start + chunk).min(count))
+                        .map(|i| generate(seed, i as u64, size))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            // A generator that panicked is a bug: re-raise it rather than drop its samples.
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    MemorySource { samples }
+}
+
+/// Writes `count` synthetic samples to `dir` in Kvasir-SEG layout
+/// (`images/NAME.jpg`, `masks/NAME.png` with 0/255).
+pub fn write_synthetic(dir: &Path, count: usize, size: usize, seed: u64) -> Result<()> {
+    for sub in ["images", "masks"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|source| TrainError::Io {
+            dir: dir.join(sub),
+            what: "cannot create".into(),
+            source,
+        })?;
+    }
+    for i in 0..count {
+        let s = generate(seed, i as u64, size);
+        let name = format!("synthetic_{i:04}");
+        let rgb: Vec<u8> = s.image.iter().map(|v| (v * 255.0).round() as u8).collect();
+        let mask: Vec<u8> = s
+            .mask
+            .iter()
+            .map(|&m| if m > 0 { 255 } else { 0 })
+            .collect();
+        let mut jpeg = Vec::new();
+        let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95);
+        let image_path = dir.join("images").join(format!("{name}.jpg"));
+        image::ImageEncoder::write_image(
+            encoder,
+            &rgb,
+            size as u32,
+            size as u32,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|reason| TrainError::Image {
+            path: image_path.clone(),
+            reason,
+        })?;
+        crate::files::atomic_write(&image_path, &jpeg)?;
+        let mask_path = dir.join("masks").join(format!("{name}.png"));
+        crate::files::atomic_write(
+            &mask_path,
+            &crate::report::encode_png(&mask, size, size, 1, &mask_path)?,
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

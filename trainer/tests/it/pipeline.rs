@@ -5,47 +5,17 @@ use std::sync::Arc;
 
 use unet_models::candle_core::Device;
 use unet_models::io::ConfigSource;
-use unet_models::{Padding, UNet, UNetConfig, Upsampling};
+use unet_models::UNet;
 use unet_trainer::amp::Precision;
 use unet_trainer::augment::AugmentConfig;
 use unet_trainer::checkpoint;
-use unet_trainer::cli::demo_source;
 use unet_trainer::data::{self, DataSpec, FileSource, LayoutKind, Source};
 use unet_trainer::optim::OptimizerKind;
-use unet_trainer::train::{self, TrainOptions, BEST_FILE, CHECKPOINT_FILE, LAST_FILE};
+use unet_trainer::synth::write_synthetic;
+use unet_trainer::train::{self, BEST_FILE, CHECKPOINT_FILE, LAST_FILE};
 use unet_trainer::TrainError;
 
-fn tiny(attention: bool, dropout: f32) -> UNetConfig {
-    UNetConfig {
-        in_channels: 3,
-        out_channels: 1,
-        base_width: 4,
-        depth: 2,
-        padding: Padding::Same,
-        batch_norm: true,
-        upsampling: Upsampling::Transposed,
-        dropout,
-        attention,
-    }
-}
-
-fn tiny_options(epochs: usize) -> TrainOptions {
-    let mut o = TrainOptions::defaults_for(tiny(false, 0.0));
-    o.epochs = epochs;
-    o.batch_size = 4;
-    o.width = 32;
-    o.height = 32;
-    o.lr = 1e-2;
-    o.warmup_steps = 0;
-    o.val_split = 0.2;
-    o.workers = 2;
-    o.preview_count = 2;
-    o
-}
-
-fn demo(count: usize) -> Arc<dyn Source> {
-    Arc::new(demo_source(count, 32, 7))
-}
+use crate::{demo, tiny, tiny_options};
 
 /// The training loss fell by a quarter and Dice rose well past chance.
 fn assert_learned(s: &train::Summary) {
@@ -474,7 +444,7 @@ fn multiclass_masks_hold_class_indices() {
 #[test]
 fn synthetic_data_round_trips_through_disk() {
     let dir = tempfile::tempdir().unwrap();
-    data::write_synthetic(dir.path(), 3, 32, 9).unwrap();
+    write_synthetic(dir.path(), 3, 32, 9).unwrap();
     let spec = DataSpec::detect(dir.path()).unwrap();
     let src = FileSource {
         pairs: data::scan(&spec, 3, 1, false).unwrap().pairs,
