@@ -150,16 +150,8 @@ pub fn export(
             reason: "the batch size must be at least 1".into(),
         });
     }
-    if opts.normalize_in_graph
-        && (preprocessing.mean.len() != cfg.in_channels
-            || preprocessing.std.len() != cfg.in_channels)
-    {
-        return Err(ExportError::PreprocessingChannels {
-            mean: preprocessing.mean.len(),
-            std: preprocessing.std.len(),
-            channels: cfg.in_channels,
-        });
-    }
+    // The runtime refuses a file whose preprocessing it cannot apply: refuse it here first.
+    crate::validate::check_preprocessing(preprocessing, cfg.in_channels)?;
 
     let weights: HashMap<String, Tensor> = model.state_dict().into_iter().collect();
     let mut lw = Lowering {
@@ -253,7 +245,7 @@ fn doc_string(graph: &Graph, opts: &ExportOptions) -> String {
             Head::Logits => "logits",
             Head::Sigmoid => "per-class sigmoid probabilities",
             Head::Softmax => "softmax probabilities over the class axis",
-            Head::Argmax => "int64 class index per pixel",
+            Head::Argmax => "class index per pixel, as f32 (ArgMax's int64 cast)",
         },
         env!("CARGO_PKG_VERSION"),
     )
