@@ -139,8 +139,9 @@ fn read_pickle(path: &Path) -> std::result::Result<Object, String> {
     let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| e.to_string())?;
     let name = zip
         .file_names()
+        .filter_map(|n| n.ok())
         .find(|n| n.ends_with("data.pkl"))
-        .map(str::to_string)
+        .map(|n| n.into_owned())
         .ok_or("no data.pkl in the archive")?;
     let reader = zip.by_name(&name).map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(reader);
