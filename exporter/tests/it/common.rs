@@ -122,4 +122,3 @@ pub fn assert_only(dir: &Path, names: &[&str]) {
 pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
-

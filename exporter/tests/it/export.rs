@@ -261,7 +261,11 @@ fn heads_and_in_graph_normalisation() {
         }
         let graph = p.graph.unwrap();
         assert_eq!(graph.output[0].name, head.output_name());
-        match graph.output[0].r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        match graph.output[0]
+            .r#type
+            .as_ref()
+            .and_then(|t| t.value.as_ref())
+        {
             Some(tract_onnx::pb::type_proto::Value::TensorType(t)) => assert_eq!(
                 t.elem_type,
                 tract_onnx::pb::tensor_proto::DataType::Float as i32

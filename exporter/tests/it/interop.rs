@@ -30,12 +30,7 @@ fn pth_checkpoints_import_to_the_same_model_as_their_safetensors() {
         assert_eq!(ckpt.metadata[MASK_VALUES_KEY], "[0,1]");
 
         let out = dir.path().join(format!("{case}.safetensors"));
-        let o = unet_export(&[
-            "import",
-            pth.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        let o = unet_export(&["import", pth.to_str().unwrap(), "-o", out.to_str().unwrap()]);
         assert!(o.status.success(), "{:?}", text(&o));
         // Self-describing: loads without --from or a config, same weights and
         // output as the safetensors state_dict, mask_values kept.
