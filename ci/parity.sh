@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Parity gate for CI: fails (exit 2) when any back end drifts past tolerance.
+# Parity gate for CI: fails (exit 2) when any back end drifts past tolerance;
+# exits 1 on a usage or input error (its own or unet-export's).
 #
 #   ci/parity.sh MODEL.safetensors [MODEL.onnx] [--golden DIR] [--report FILE.json] [-- EXPORT FLAGS]
 #
@@ -58,5 +59,10 @@ if [ "$status" -eq 0 ] && [ -n "$golden" ]; then
   [ -n "$report" ] && golden_report=(--report "${report%.json}.golden.json")
   "$exporter" check --golden "$golden" "$onnx" "${golden_report[@]}" || status=$?
 fi
-if [ "$status" -eq 0 ]; then echo "parity gate: PASS"; else echo "parity gate: FAIL (exit $status)" >&2; fi
+# unet-export exits 1 on a usage or input error and 2 only on drift; say which.
+case "$status" in
+  0) echo "parity gate: PASS" ;;
+  2) echo "parity gate: FAIL (exit 2: drift past tolerance)" >&2 ;;
+  *) echo "parity gate: ERROR (exit $status: a usage or input error, not drift)" >&2; status=1 ;;
+esac
 exit "$status"

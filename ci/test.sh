@@ -39,14 +39,25 @@ bash ci/parity.sh "$e2e/train/best.safetensors" "$e2e/model.onnx" --golden "$e2e
 if bash ci/parity.sh fixtures/unet/weights.safetensors "$e2e/model.onnx" 2>/dev/null; then
   echo "ci/parity.sh passed a graph that is not the model's" >&2; exit 1
 fi
-# Usage errors exit 1 with a message, never 2 (which means drift).
+# Usage errors exit 1 with a message, never 2 (which means drift), also when
+# unet-export itself refuses a flag passed through after `--`.
 for args in "" "--golden g" "$e2e/train/best.safetensors --golden" \
-  "$e2e/train/best.safetensors --bogus" "$e2e/train/best.safetensors a.onnx b.onnx"; do
+  "$e2e/train/best.safetensors --bogus" "$e2e/train/best.safetensors a.onnx b.onnx" \
+  "$e2e/train/best.safetensors -- --bogus"; do
   rc=0
   # shellcheck disable=SC2086
   msg="$(bash ci/parity.sh $args 2>&1 >/dev/null)" || rc=$?
-  if [ "$rc" != 1 ] || [ -z "$msg" ]; then
-    echo "ci/parity.sh $args: exit $rc (expected 1 with a message): $msg" >&2; exit 1
+  if [ "$rc" != 1 ] || [ -z "$msg" ] || [[ "$msg" == *"parity gate: FAIL"* ]]; then
+    echo "ci/parity.sh $args: exit $rc (expected 1 with a message, not FAIL): $msg" >&2; exit 1
   fi
 done
 rm -rf "$e2e"
+
+echo "== goldens for other tools: ONNX test data (onnx.numpy_helper), npz (NumPy), Polygraphy JSON"
+goldens="$(mktemp -d)"
+for format in onnx-test npz polygraphy; do
+  target/debug/unet-export golden fixtures/unet/weights.safetensors --head sigmoid \
+    --format "$format" -o "$goldens/$format" --quiet
+done
+.venv/bin/python ci/check_goldens.py "$goldens" fixtures/unet/model.onnx
+rm -rf "$goldens"

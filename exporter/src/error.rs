@@ -17,6 +17,12 @@ pub enum ExportError {
         std: usize,
         channels: usize,
     },
+    #[error("preprocessing: {reason}")]
+    BadPreprocessing { reason: String },
+    #[error("weight `{name}`: {reason}")]
+    BadWeight { name: String, reason: String },
+    #[error("{path}: {reason}")]
+    BadCheckpoint { path: PathBuf, reason: String },
     #[error("weight `{name}` is missing from the model")]
     MissingWeight { name: String },
     #[error("{path}: not a readable ONNX model: {reason}")]

@@ -18,12 +18,15 @@
 //! crate that could drift from the one the file is read back with. Encoding uses
 //! `prost::Message` from the same prost release tract uses.
 
-pub mod backend;
+pub mod annotate;
 pub mod check;
 pub mod error;
 pub mod golden;
+pub mod import;
 pub mod lower;
 pub mod onnx;
+pub mod runner;
+pub mod validate;
 
 pub use error::{ExportError, Result};
 pub use lower::{export, ExportOptions, Head, InputShape};

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
 use unet_models::arch::{Graph, NodeId, Op};
 use unet_models::candle_core::{DType, Tensor};
-use unet_models::config::{Padding, CONFIG_KEY, PREPROCESSING_KEY};
+use unet_models::config::Padding;
 use unet_models::layers::BN_EPS;
 use unet_models::{Preprocessing, UNet};
 
@@ -20,20 +20,8 @@ use crate::onnx::{self, Attr, Dim, Elem, MAX_OPSET, MIN_OPSET};
 
 /// Metadata keys the exporter adds next to the copied `unet.config` and
 /// `unet.preprocessing`.
-pub mod keys {
-    pub const HEAD: &str = "unet.head";
-    pub const NORMALIZE_IN_GRAPH: &str = "unet.normalize_in_graph";
-    pub const FP16: &str = "unet.fp16";
-    pub const FOLD_BN: &str = "unet.fold_bn";
-    pub const CLASS_NAMES: &str = "unet.class_names";
-    pub const THRESHOLD: &str = "unet.threshold";
-    pub const SIZE_MULTIPLE: &str = "unet.size_multiple";
-    pub const LAYOUT: &str = "unet.layout";
-    pub const INPUT_NAME: &str = "unet.input_name";
-    pub const OUTPUT_NAME: &str = "unet.output_name";
-    pub const NUM_PARAMETERS: &str = "unet.num_parameters";
-    pub const EXPORTER: &str = "unet.exporter";
-}
+/// The metadata keys, defined once in the spec crate.
+pub use unet_spec::keys;
 
 /// Name of the graph input.
 pub const INPUT_NAME: &str = "input";
@@ -150,16 +138,8 @@ pub fn export(
             reason: "the batch size must be at least 1".into(),
         });
     }
-    if opts.normalize_in_graph
-        && (preprocessing.mean.len() != cfg.in_channels
-            || preprocessing.std.len() != cfg.in_channels)
-    {
-        return Err(ExportError::PreprocessingChannels {
-            mean: preprocessing.mean.len(),
-            std: preprocessing.std.len(),
-            channels: cfg.in_channels,
-        });
-    }
+    // The runtime refuses a file whose preprocessing it cannot apply: refuse it here first.
+    crate::validate::check_preprocessing(preprocessing, cfg.in_channels)?;
 
     let weights: HashMap<String, Tensor> = model.state_dict().into_iter().collect();
     let mut lw = Lowering {
@@ -253,7 +233,7 @@ fn doc_string(graph: &Graph, opts: &ExportOptions) -> String {
             Head::Logits => "logits",
             Head::Sigmoid => "per-class sigmoid probabilities",
             Head::Softmax => "softmax probabilities over the class axis",
-            Head::Argmax => "int64 class index per pixel",
+            Head::Argmax => "class index per pixel, as f32 (ArgMax's int64 cast)",
         },
         env!("CARGO_PKG_VERSION"),
     )
@@ -269,8 +249,8 @@ fn metadata_props(
     // Sorted so the same export is byte-for-byte the same file.
     let mut m: BTreeMap<String, String> =
         source.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    m.entry(CONFIG_KEY.into()).or_insert_with(|| cfg.to_json());
-    m.entry(PREPROCESSING_KEY.into())
+    m.entry(keys::CONFIG.into()).or_insert_with(|| cfg.to_json());
+    m.entry(keys::PREPROCESSING.into())
         .or_insert_with(|| pre.to_json());
     let bool_str = |b: bool| if b { "true" } else { "false" }.to_string();
     let class_names = serde_json::to_string(&pre.class_names).unwrap_or_default();

@@ -45,9 +45,19 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
 /// dtype, none unexpected, all finite. Errors name the file and the first
 /// offending tensor.
 pub fn load(path: &Path, source: ConfigSource, device: &Device) -> Result<LoadedModel> {
-    let bytes = read(path)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(path, e))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(path, e))?;
+    load_bytes(path, &read(path)?, source, device)
+}
+
+/// [`load`] of a file already in memory (e.g. converted from a PyTorch
+/// checkpoint); `path` names it in errors.
+pub fn load_bytes(
+    path: &Path,
+    bytes: &[u8],
+    source: ConfigSource,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| not_safetensors(path, e))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| not_safetensors(path, e))?;
     let metadata = header.metadata().clone().unwrap_or_default();
 
     let config = match source {

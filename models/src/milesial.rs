@@ -150,12 +150,18 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
         path: path.to_path_buf(),
         reason,
     })?;
+    load_bytes(path, &bytes, device)
+}
+
+/// [`load`] of a `state_dict` already in memory as safetensors bytes (e.g.
+/// converted from a PyTorch checkpoint); `path` names it in errors.
+pub fn load_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<LoadedModel> {
     let not_st = |e: safetensors::SafeTensorError| ModelError::NotSafetensors {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let st = SafeTensors::deserialize(&bytes).map_err(not_st)?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(not_st)?;
+    let st = SafeTensors::deserialize(bytes).map_err(not_st)?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(not_st)?;
     let shapes: HashMap<String, Vec<usize>> = st
         .tensors()
         .into_iter()

@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use safetensors::SafeTensors;
-use unet_exporter::backend::{Runner, Tensor4};
 use unet_exporter::check::Tolerance;
+use unet_exporter::runner::{Runner, Tensor4};
 use unet_exporter::{lower, ExportOptions};
 use unet_models::candle_core::Device;
 use unet_models::io::{self, ConfigSource, LoadedModel};
@@ -89,4 +90,35 @@ pub fn metadata(proto: &tract_onnx::pb::ModelProto) -> HashMap<String, String> {
         .iter()
         .map(|e| (e.key.clone(), e.value.clone()))
         .collect()
+}
+
+/// Runs the `unet-export` binary.
+pub fn unet_export(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unet-export"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Nothing in `dir` but the given names (no output, no temp file).
+pub fn assert_only(dir: &Path, names: &[&str]) {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    let mut names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    names.sort();
+    assert_eq!(found, names);
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }

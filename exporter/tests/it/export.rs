@@ -6,8 +6,8 @@ use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
 use tract_onnx::pb::type_proto::Value as TypeValue;
 use tract_onnx::pb::{ModelProto, ValueInfoProto};
-use unet_exporter::backend::{Runner, Tensor4};
 use unet_exporter::check::{self, CheckOptions, Tolerance};
+use unet_exporter::runner::{Runner, Tensor4};
 use unet_exporter::{golden, lower, ExportError, ExportOptions, Head, InputShape};
 use unet_models::config::{CONFIG_KEY, PREPROCESSING_KEY};
 
@@ -254,7 +254,24 @@ fn heads_and_in_graph_normalisation() {
         let meta = metadata(&p);
         assert_eq!(meta["unet.head"], head.as_str());
         assert_eq!(meta["unet.normalize_in_graph"], "true");
-        assert_eq!(p.graph.unwrap().output[0].name, head.output_name());
+        // The documentation says what the output is: f32 labels for argmax.
+        assert!(!p.doc_string.contains("int64 class"), "{}", p.doc_string);
+        if head == Head::Argmax {
+            assert!(p.doc_string.contains("class index per pixel, as f32"));
+        }
+        let graph = p.graph.unwrap();
+        assert_eq!(graph.output[0].name, head.output_name());
+        match graph.output[0]
+            .r#type
+            .as_ref()
+            .and_then(|t| t.value.as_ref())
+        {
+            Some(tract_onnx::pb::type_proto::Value::TensorType(t)) => assert_eq!(
+                t.elem_type,
+                tract_onnx::pb::tensor_proto::DataType::Float as i32
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }
 

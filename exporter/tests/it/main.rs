@@ -3,4 +3,6 @@
 mod cli;
 mod common;
 mod export;
+mod interop;
 mod milesial;
+mod misuse;

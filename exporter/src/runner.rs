@@ -1,5 +1,6 @@
-//! The ONNX back ends the check runs a written file on, through the runtime
-//! crate's raw tensor API (the same code path `unet-infer` uses).
+//! Runs an ONNX graph on the runtime's back ends (tract, ONNX Runtime) for the
+//! parity check, through the runtime crate's raw tensor API (the same code
+//! path `unet-infer` uses).
 
 use std::path::Path;
 
