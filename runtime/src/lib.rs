@@ -13,16 +13,29 @@
 //! Tensors are NCHW throughout.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod backend;
+mod backend;
 mod error;
 pub mod ffi;
 mod memory;
 pub mod metadata;
+mod options;
 mod segment;
 mod session;
+mod tensor;
 
 pub use error::{ErrorKind, Result, RuntimeError};
 pub use memory::{set_memory_policy, MemoryPolicy};
 pub use metadata::{ChannelOrder, Geometry, Head, ModelInfo};
 pub use segment::{Fit, ImageView, PixelFormat, Segmentation, Segmenter, SegmenterOptions, Tiling};
-pub use session::{ort_library, ort_library_with, Backend, Ep, Session, SessionOptions, Tensor4};
+pub use options::{ort_library, ort_library_with, Backend, Ep, SessionOptions};
+pub use session::Session;
+pub use tensor::Tensor4;
+
+/// The tract plan the runtime runs, for `examples/tract_profile.rs`, which
+/// times it node by node. Not a stable API.
+#[cfg(feature = "tract")]
+#[doc(hidden)]
+pub mod tract_plan {
+    pub use crate::backend::tract::isa::tune_for_this_cpu;
+    pub use crate::backend::tract::rewrite::optimize;
+}
