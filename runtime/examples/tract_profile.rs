@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         ..RunOptions::default()
     };
     if std::env::var_os("PLAIN_TRACT").is_none() {
-        unet_runtime::backend::tract_isa::tune_for_this_cpu();
+        unet_runtime::tract_plan::tune_for_this_cpu();
     }
     let shape = [1, 3, size, size];
     let plan = tract_onnx::onnx()
@@ -37,11 +37,11 @@ fn main() -> anyhow::Result<()> {
         .model_for_path(&path)?
         .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))?
         .into_typed()?;
-    // The runtime's own tuning (unet_runtime::backend::tract_isa, tract_conv); PLAIN_TRACT=1 for tract's.
+    // The runtime's own plan (its CPU tuning and convolution kernels); PLAIN_TRACT=1 for tract's.
     let plan = if std::env::var_os("PLAIN_TRACT").is_some() {
         plan.into_optimized()?
     } else {
-        unet_runtime::backend::tract_conv::optimize(plan, threads)?
+        unet_runtime::tract_plan::optimize(plan, threads)?
     }
     .into_runnable_with_options(&options)?;
     let mut state = plan.spawn()?;

@@ -68,6 +68,13 @@ pub enum RuntimeError {
     NotCompiled { backend: &'static str },
     #[error("ONNX Runtime is not available: {reason}")]
     OrtUnavailable { reason: String },
+    /// A requested execution provider cannot run, and falling back was
+    /// refused ([`crate::SessionOptions::strict_backend`]).
+    #[error("execution provider {provider} is not available (strict backend, no fallback): {reason}")]
+    ProviderUnavailable {
+        provider: &'static str,
+        reason: String,
+    },
     #[error("invalid option `{option}`: {reason}")]
     BadOption {
         option: &'static str,
@@ -91,9 +98,9 @@ impl RuntimeError {
             | RuntimeError::BadImageFile { .. }
             | RuntimeError::BadOption { .. } => ErrorKind::InvalidInput,
             RuntimeError::Inference { .. } => ErrorKind::Inference,
-            RuntimeError::NotCompiled { .. } | RuntimeError::OrtUnavailable { .. } => {
-                ErrorKind::BackendUnavailable
-            }
+            RuntimeError::NotCompiled { .. }
+            | RuntimeError::OrtUnavailable { .. }
+            | RuntimeError::ProviderUnavailable { .. } => ErrorKind::BackendUnavailable,
             RuntimeError::Panic { .. } => ErrorKind::Internal,
         }
     }

@@ -15,23 +15,36 @@
 //! Tensors are NCHW throughout.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod backend;
+mod backend;
 mod error;
 pub mod ffi;
 mod memory;
+mod options;
 pub mod segment;
 mod session;
+mod tensor;
 
 pub use error::{ErrorKind, Result, RuntimeError};
 pub use memory::{set_memory_policy, MemoryPolicy};
+pub use options::{ort_library, ort_library_with, Backend, Ep, SessionOptions};
 pub use segment::decode::{decode_image, expand_inputs};
 pub use segment::overlay::overlay;
 pub use segment::{
     Fit, ImageView, PixelFormat, Segmentation, Segmenter, SegmenterOptions, Tiling,
     DEFAULT_MAX_PIXELS,
 };
+pub use session::Session;
+pub use tensor::Tensor4;
 pub use unet_spec::{
     self as spec, ChannelOrder, Head, InputGeometry, ModelInfo, Preprocessing, Provenance,
     ResizeMode, SizeRule,
 };
-pub use session::{ort_library, ort_library_with, Backend, Ep, Session, SessionOptions, Tensor4};
+
+/// The tract plan the runtime runs, for `examples/tract_profile.rs`, which
+/// times it node by node. Not a stable API.
+#[cfg(feature = "tract")]
+#[doc(hidden)]
+pub mod tract_plan {
+    pub use crate::backend::tract::isa::tune_for_this_cpu;
+    pub use crate::backend::tract::rewrite::optimize;
+}

@@ -1,15 +1,167 @@
-//! Back ends: each loads an ONNX file, reports its `metadata_props`, and runs
-//! one NCHW `f32` tensor through the graph.
+//! Back ends: each loads an ONNX file, reports its `metadata_props` and what
+//! the file declares about its input, and runs one NCHW `f32` tensor through
+//! the graph. [`load`] picks the back end; the checks every back end shares
+//! (one f32 input of rank 4, a tensor that fits its declared dimensions) are
+//! made here, once.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::{Result, RuntimeError};
+use crate::options::{Backend, Ep, SessionOptions};
+use crate::tensor::Tensor4;
 
 #[cfg(feature = "ort")]
-pub mod ort;
+pub(crate) mod ort;
 #[cfg(feature = "tract")]
-pub mod tract;
+pub(crate) mod tract;
+
+/// A graph loaded on one back end.
+pub(crate) trait Engine: Send {
+    /// What runs the graph now: `tract`, `ort:CPUExecutionProvider`, ...
+    fn provider(&self) -> &'static str;
+
+    /// Runs `input`, already checked by [`check_input`], and returns the
+    /// graph's first output unchanged.
+    fn run(&mut self, path: &Path, input: &Tensor4) -> Result<Tensor4>;
+}
+
+/// A loaded graph with what its file declares.
+pub(crate) struct Loaded {
+    pub engine: Box<dyn Engine>,
+    pub metadata: HashMap<String, String>,
+    /// The input's declared N, C, H, W; `None` where the file leaves a
+    /// dimension symbolic.
+    pub input_dims: [Option<usize>; 4],
+}
+
+/// What a file declares about its graph inputs, as a back end reads it.
+pub(crate) struct DeclaredInput {
+    /// Graph inputs (initializers excluded).
+    pub count: usize,
+    /// `None` when the file leaves the rank open.
+    pub rank: Option<usize>,
+    /// Per declared axis: its size, `None` when symbolic.
+    pub dims: Vec<Option<usize>>,
+    /// The element type's name, when it is not f32: nothing else is fed.
+    pub not_f32: Option<String>,
+}
+
+impl DeclaredInput {
+    /// The declared N, C, H, W, or why no image tensor can be fed: the
+    /// runtime feeds exactly one f32 NCHW tensor.
+    pub fn check(self, path: &Path) -> Result<[Option<usize>; 4]> {
+        let invalid = |reason: String| RuntimeError::InvalidModel {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if self.count != 1 {
+            return Err(invalid(format!(
+                "expected one graph input, found {}",
+                self.count
+            )));
+        }
+        if let Some(rank) = self.rank.filter(|&r| r != 4) {
+            return Err(invalid(format!(
+                "the input has rank {rank}; an image model takes NCHW (rank 4)"
+            )));
+        }
+        if let Some(elem) = self.not_f32 {
+            return Err(invalid(format!(
+                "the input is {elem}; the runtime feeds f32 tensors \
+                 (an fp16 export keeps an f32 input)"
+            )));
+        }
+        let mut dims = [None; 4];
+        for (d, declared) in dims.iter_mut().zip(self.dims) {
+            // Zero is no size a tensor can have: read it as "any", as ONNX
+            // Runtime does for `dim_value: 0`.
+            *d = declared.filter(|&n| n > 0);
+        }
+        Ok(dims)
+    }
+}
+
+/// Refuses a tensor that differs from a dimension `declared` fixes, with the
+/// same message on every back end (tract would otherwise re-plan the graph
+/// for any shape, ONNX Runtime refuses it).
+pub(crate) fn check_input(
+    path: &Path,
+    declared: &[Option<usize>; 4],
+    input: &Tensor4,
+) -> Result<()> {
+    let bad = |reason: String| RuntimeError::BadInput {
+        path: path.to_path_buf(),
+        shape: input.shape.to_vec(),
+        reason,
+    };
+    if let Some(c) = declared[1].filter(|&c| c != input.shape[1]) {
+        return Err(bad(format!("the model takes {c} input channels")));
+    }
+    if let [Some(h), Some(w)] = [declared[2], declared[3]] {
+        if [h, w] != [input.shape[2], input.shape[3]] {
+            return Err(bad(format!(
+                "the model's input is fixed at {w}x{h} (width x height)"
+            )));
+        }
+    }
+    let names = ["batch size", "channels", "height", "width"];
+    for ((name, want), got) in names.iter().zip(declared).zip(input.shape) {
+        if let Some(want) = want.filter(|&w| w != got) {
+            return Err(bad(format!("the model fixes its input {name} at {want}")));
+        }
+    }
+    Ok(())
+}
+
+/// Loads `path` on `backend` (resolved from [`Backend::Auto`] here).
+pub(crate) fn load(path: &Path, backend: Backend, options: &SessionOptions) -> Result<Loaded> {
+    match backend {
+        Backend::Auto => load(path, auto(options), options),
+        Backend::Tract => load_tract(path, options),
+        Backend::Ort(ep) => load_ort(path, &ep, options),
+    }
+}
+
+/// ONNX Runtime on CPU when its library is found and loads, else tract.
+fn auto(options: &SessionOptions) -> Backend {
+    #[cfg(feature = "ort")]
+    {
+        let lib = crate::options::ort_library_with(options.ort_library.as_deref());
+        if lib.is_some() && ort::environment(options).is_ok() {
+            return Backend::Ort(Ep::Cpu);
+        }
+    }
+    let _ = options;
+    Backend::Tract
+}
+
 #[cfg(feature = "tract")]
-pub mod tract_conv;
-#[cfg(feature = "tract")]
-pub mod tract_isa;
-#[cfg(feature = "tract")]
-pub mod tract_tiled_conv;
-#[cfg(feature = "tract")]
-pub mod tract_tiled_deconv;
+fn load_tract(path: &Path, options: &SessionOptions) -> Result<Loaded> {
+    let (engine, metadata, declared) = tract::TractSession::load(path, options)?;
+    Ok(Loaded {
+        input_dims: declared.check(path)?,
+        engine: Box::new(engine),
+        metadata,
+    })
+}
+
+#[cfg(not(feature = "tract"))]
+fn load_tract(_: &Path, _: &SessionOptions) -> Result<Loaded> {
+    Err(RuntimeError::NotCompiled { backend: "tract" })
+}
+
+#[cfg(feature = "ort")]
+fn load_ort(path: &Path, ep: &Ep, options: &SessionOptions) -> Result<Loaded> {
+    let (engine, metadata, declared) = ort::OrtSession::load(path, ep, options)?;
+    Ok(Loaded {
+        input_dims: declared.check(path)?,
+        engine: Box::new(engine),
+        metadata,
+    })
+}
+
+#[cfg(not(feature = "ort"))]
+fn load_ort(_: &Path, _: &Ep, _: &SessionOptions) -> Result<Loaded> {
+    Err(RuntimeError::NotCompiled { backend: "ort" })
+}

@@ -4,6 +4,11 @@
 //! is loaded explicitly through [`ort::init_from`] (which returns an error)
 //! before any other `ort` call, once per process; every call into `ort` is
 //! additionally wrapped in `catch_unwind` by [`crate::Session`].
+//!
+//! Sessions are built from the file's path, never from its bytes: ONNX
+//! Runtime resolves external data against the model's folder only when it
+//! knows where the model lives (from memory it would use the working
+//! directory).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,14 +20,16 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session as OrtRaw;
 use ort::value::TensorRef;
 
+use super::{DeclaredInput, Engine};
 use crate::error::{panic_message, Result, RuntimeError};
-use crate::session::{ort_library_with, Ep, SessionOptions, Tensor4};
+use crate::options::{ort_library_with, Ep, SessionOptions};
+use crate::tensor::Tensor4;
 
 /// The library can be loaded once per process; remember what happened.
 static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
 
 /// The process-wide ONNX Runtime environment, loading the library on first use.
-pub fn environment(options: &SessionOptions) -> Result<Environment> {
+pub(crate) fn environment(options: &SessionOptions) -> Result<Environment> {
     let path = ort_library_with(options.ort_library.as_deref());
     // An explicitly configured library must exist even when one is loaded.
     if let (Some(p), None) = (&options.ort_library, &path) {
@@ -78,15 +85,20 @@ fn unavailable(reason: String) -> RuntimeError {
     RuntimeError::OrtUnavailable { reason }
 }
 
-pub struct OrtSession {
+pub(crate) struct OrtSession {
     session: OrtRaw,
     provider: &'static str,
-    input_channels: Option<usize>,
     /// TensorRT needs a concrete optimisation profile: its session is built
     /// per input shape and kept while the shape stays.
     tensorrt: Option<TensorRtState>,
     threads: usize,
+    /// [`SessionOptions::strict_backend`]: a failed TensorRT engine is an error.
+    strict: bool,
 }
+
+const CPU: &str = "ort:CPUExecutionProvider";
+const CUDA: &str = "ort:CUDAExecutionProvider";
+const TENSORRT: &str = "ort:TensorrtExecutionProvider";
 
 struct TensorRtState {
     fp16: bool,
@@ -112,18 +124,26 @@ fn builder(
         .map_err(|e| -> ort::Error { e.into() })
 }
 
-/// Reads the model file first: a missing file is an I/O error, not an ORT one.
-fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|reason| RuntimeError::Io {
-        path: path.to_path_buf(),
-        reason,
-    })
+/// Opens the model file first: a missing or unreadable file is an I/O error,
+/// not an ONNX Runtime one.
+fn check_readable(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|reason| RuntimeError::Io {
+            path: path.to_path_buf(),
+            reason,
+        })
 }
 
-fn cpu_session(env: &Environment, path: &Path, bytes: &[u8], threads: usize) -> Result<OrtRaw> {
+fn cpu_session(env: &Environment, path: &Path, threads: usize) -> Result<OrtRaw> {
     builder(env, threads)
-        .and_then(|mut b| b.commit_from_memory(bytes))
+        .and_then(|mut b| b.commit_from_file(path))
         .map_err(|e| invalid(path, e))
+}
+
+/// The error for a requested provider that cannot run, in strict mode.
+fn provider_unavailable(provider: &'static str, reason: String) -> RuntimeError {
+    RuntimeError::ProviderUnavailable { provider, reason }
 }
 
 impl OrtSession {
@@ -131,27 +151,23 @@ impl OrtSession {
         path: &Path,
         ep: &Ep,
         options: &SessionOptions,
-    ) -> Result<(OrtSession, HashMap<String, String>)> {
+    ) -> Result<(OrtSession, HashMap<String, String>, DeclaredInput)> {
         let env = environment(options)?;
-        let bytes = read(path)?;
+        check_readable(path)?;
         let threads = options.threads;
+        let strict = options.strict_backend;
         let (session, provider, tensorrt) = match ep {
-            Ep::Cpu => (
-                cpu_session(&env, path, &bytes, threads)?,
-                "CPUExecutionProvider",
-                None,
-            ),
+            Ep::Cpu => (cpu_session(&env, path, threads)?, CPU, None),
             Ep::Cuda { device } => {
                 let cuda = ep::CUDA::default().with_device_id(*device);
-                match with_ep(&env, &bytes, threads, cuda.build().error_on_failure()) {
-                    Ok(s) => (s, "CUDAExecutionProvider", None),
+                match with_ep(&env, path, threads, cuda.build().error_on_failure()) {
+                    Ok(s) => (s, CUDA, None),
+                    Err(reason) if strict => {
+                        return Err(provider_unavailable("CUDAExecutionProvider", reason))
+                    }
                     Err(reason) => {
                         log::warn!("CUDA execution provider unavailable ({reason}); running on CPUExecutionProvider");
-                        (
-                            cpu_session(&env, path, &bytes, threads)?,
-                            "CPUExecutionProvider",
-                            None,
-                        )
+                        (cpu_session(&env, path, threads)?, CPU, None)
                     }
                 }
             }
@@ -161,58 +177,38 @@ impl OrtSession {
                 // first frame, when the input shape is known.
                 let available = ep::TensorRT::is_available().unwrap_or(false)
                     && ep::CUDA::is_available().unwrap_or(false);
-                let session = cpu_session(&env, path, &bytes, threads)?;
+                if !available && strict {
+                    return Err(provider_unavailable(
+                        "TensorrtExecutionProvider",
+                        "this ONNX Runtime build lacks the TensorRT or CUDA execution provider"
+                            .into(),
+                    ));
+                }
+                let session = cpu_session(&env, path, threads)?;
                 if available {
                     let state = TensorRtState {
                         fp16: *fp16,
                         cache_dir: cache_dir.clone(),
                         shape: None,
                     };
-                    (session, "TensorrtExecutionProvider", Some(state))
+                    (session, TENSORRT, Some(state))
                 } else {
                     log::warn!("TensorRT execution provider not in this ONNX Runtime build; running on CPUExecutionProvider");
-                    (session, "CPUExecutionProvider", None)
+                    (session, CPU, None)
                 }
             }
         };
         let metadata = metadata(&session).map_err(|e| invalid(path, e))?;
-        let (input_channels, rank) = input_info(&session);
-        if session.inputs().len() != 1 {
-            return Err(invalid(
-                path,
-                format!("expected one graph input, found {}", session.inputs().len()),
-            ));
-        }
-        if let Some(rank) = rank {
-            if rank != 4 {
-                return Err(invalid(
-                    path,
-                    format!("the input has rank {rank}; an image model takes NCHW (rank 4)"),
-                ));
-            }
-        }
+        let declared = declared_input(&session);
         log::info!("{}: running on {provider}", path.display());
-        let mut s = OrtSession {
+        let s = OrtSession {
             session,
             provider,
-            input_channels,
             tensorrt,
             threads,
+            strict,
         };
-        // Keep the bytes only as long as needed: TensorRT rebuilds from the file.
-        drop(bytes);
-        if s.tensorrt.is_some() {
-            s.provider = "TensorrtExecutionProvider";
-        }
-        Ok((s, metadata))
-    }
-
-    pub fn provider(&self) -> &'static str {
-        self.provider
-    }
-
-    pub fn input_channels(&self) -> Option<usize> {
-        self.input_channels
+        Ok((s, metadata, declared))
     }
 
     /// Builds the TensorRT session for `shape` unless it exists already.
@@ -244,13 +240,7 @@ impl OrtSession {
                 .with_timing_cache(true)
                 .with_timing_cache_path(dir.display());
         }
-        let bytes = read(path)?;
-        match with_ep(
-            &env,
-            &bytes,
-            self.threads,
-            tensorrt.build().error_on_failure(),
-        ) {
+        match with_ep(&env, path, self.threads, tensorrt.build().error_on_failure()) {
             Ok(session) => {
                 self.session = session;
                 trt.shape = Some(shape);
@@ -260,30 +250,30 @@ impl OrtSession {
                     trt.fp16
                 );
             }
+            Err(reason) if self.strict => {
+                return Err(provider_unavailable("TensorrtExecutionProvider", reason))
+            }
             Err(reason) => {
                 log::warn!("TensorRT execution provider failed ({reason}); running on CPUExecutionProvider");
-                self.session = cpu_session(&env, path, &bytes, self.threads)?;
+                self.session = cpu_session(&env, path, self.threads)?;
                 self.tensorrt = None;
-                self.provider = "CPUExecutionProvider";
+                self.provider = CPU;
             }
         }
         Ok(())
     }
+}
 
-    pub fn run(&mut self, path: &Path, input: &Tensor4) -> Result<Tensor4> {
-        if let Some(c) = self.input_channels {
-            if input.shape[1] != c {
-                return Err(RuntimeError::BadInput {
-                    path: path.to_path_buf(),
-                    shape: input.shape.to_vec(),
-                    reason: format!("the model takes {c} input channels"),
-                });
-            }
-        }
+impl Engine for OrtSession {
+    fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    fn run(&mut self, path: &Path, input: &Tensor4) -> Result<Tensor4> {
         self.ensure_tensorrt(path, input.shape)?;
         let provider = self.provider;
         let failed = |e: ort::Error| RuntimeError::Inference {
-            provider: format!("ort:{provider}"),
+            provider: provider.to_string(),
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
@@ -309,7 +299,7 @@ impl OrtSession {
 
 fn with_ep(
     env: &Environment,
-    bytes: &[u8],
+    path: &Path,
     threads: usize,
     ep: ep::ExecutionProviderDispatch,
 ) -> std::result::Result<OrtRaw, String> {
@@ -318,7 +308,7 @@ fn with_ep(
             b.with_execution_providers([ep])
                 .map_err(|e| -> ort::Error { e.into() })
         })
-        .and_then(|mut b| b.commit_from_memory(bytes))
+        .and_then(|mut b| b.commit_from_file(path))
         .map_err(|e| e.to_string())
 }
 
@@ -333,13 +323,28 @@ fn metadata(session: &OrtRaw) -> ort::Result<HashMap<String, String>> {
     Ok(map)
 }
 
-/// Declared channel count and rank of the first input.
-fn input_info(session: &OrtRaw) -> (Option<usize>, Option<usize>) {
+/// What the file declares about its graph inputs.
+fn declared_input(session: &OrtRaw) -> DeclaredInput {
+    let count = session.inputs().len();
     match session.inputs().first().map(|i| i.dtype()) {
-        Some(ort::value::ValueType::Tensor { shape, .. }) => {
-            let channels = shape.get(1).and_then(|&c| usize::try_from(c).ok());
-            (channels, Some(shape.len()))
-        }
-        _ => (None, None),
+        Some(ort::value::ValueType::Tensor { ty, shape, .. }) => DeclaredInput {
+            count,
+            rank: Some(shape.len()),
+            // Symbolic dimensions are -1.
+            dims: shape.iter().map(|&d| usize::try_from(d).ok()).collect(),
+            not_f32: (*ty != ort::value::TensorElementType::Float32).then(|| ty.to_string()),
+        },
+        Some(other) => DeclaredInput {
+            count,
+            rank: None,
+            dims: vec![],
+            not_f32: Some(other.to_string()),
+        },
+        None => DeclaredInput {
+            count,
+            rank: None,
+            dims: vec![],
+            not_f32: None,
+        },
     }
 }

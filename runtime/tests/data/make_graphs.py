@@ -15,12 +15,22 @@ Pinned: onnx==1.23.2. Deterministic: no random weights.
                      red gives sigmoid(4); the runtime must neither normalise
                      nor apply sigmoid again.
 - rank3.onnx         input of rank 3 (not an image model).
+- int64_input.onnx   the color graph behind a Cast from an int64 input: the runtime
+                     feeds f32 only and must refuse it at load, on every back end.
+- opset99.onnx       the color graph stamped with operator set 99 (unreleased):
+                     ONNX Runtime refuses it, tract must too.
+- fixed_64x48.onnx   the color graph with a fixed 1x3x48x64 input (H 48, W 64):
+                     a tensor of another size is refused on every back end.
+- external/model.onnx + external/weights.bin
+                     the color graph with its weights [1, -1, 0] in an external
+                     data file next to it, which must be read from the model's
+                     folder whatever the working directory.
 """
 import json
 import os
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,15 +60,27 @@ def conv_r_minus_g(src, dst):
     return helper.make_node("Conv", [src, "w", "b"], [dst]), [w, b]
 
 
-def save(name, nodes, inits, inputs, outputs, meta):
+def save(name, nodes, inits, inputs, outputs, meta, opset=17, external=None):
     graph = helper.make_graph(nodes, name, inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="make_graphs.py")
     model.ir_version = 8
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model)
-    onnx.save(model, os.path.join(HERE, name + ".onnx"))
+    path = os.path.join(HERE, name + ".onnx")
+    if external:
+        # Every initializer into one file beside the model (only raw_data
+        # tensors move out).
+        for t in model.graph.initializer:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=external, size_threshold=0)
+        onnx.checker.check_model(path)
+        return
+    if opset <= onnx.defs.onnx_opset_version():
+        onnx.checker.check_model(model)
+    onnx.save(model, path)
 
 
 def main():
@@ -85,6 +107,21 @@ def main():
     x3 = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 8])
     y3 = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 8])
     save("rank3", [helper.make_node("Relu", ["input"], ["output"])], [], [x3], [y3], {})
+
+    meta = {"unet.config": config(), "unet.preprocessing": pre([0.0] * 3, [1.0] * 3)}
+    x64 = helper.make_tensor_value_info("input", TensorProto.INT64, ["N", 3, "H", "W"])
+    cast = helper.make_node("Cast", ["input"], ["as_f32"], to=TensorProto.FLOAT)
+    conv, inits = conv_r_minus_g("as_f32", "output")
+    save("int64_input", [cast, conv], inits, [x64], [y], meta)
+
+    conv, inits = conv_r_minus_g("input", "output")
+    save("opset99", [conv], inits, [x], [y], meta, opset=99)
+
+    xf = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 48, 64])
+    yf = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 48, 64])
+    save("fixed_64x48", [conv], inits, [xf], [yf], meta)
+
+    save("external/model", [conv], inits, [x], [y], meta, external="weights.bin")
 
 
 if __name__ == "__main__":

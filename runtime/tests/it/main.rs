@@ -3,7 +3,9 @@
 //! ort tests need `ORT_DYLIB_PATH` (the onnxruntime shared library) and the
 //! `ort` feature; without them they print a SKIPPED line and pass.
 
+mod backend;
 mod c_abi;
+#[cfg(feature = "cli")]
 mod cli;
 mod common;
 mod errors;

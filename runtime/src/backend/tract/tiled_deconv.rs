@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
-use super::tract_tiled_conv::{
+use super::tiled_conv::{
     for_each_tile, on_tract_threads, plain_f32, tile_rows, with_scratch, OutputPtr,
 };
 

@@ -1,4 +1,6 @@
-//! tract back end.
+//! tract back end: loading (this file), the graph rewrite that puts the
+//! runtime's own convolution kernels into tract's plan ([`rewrite`],
+//! [`tiled_conv`], [`tiled_deconv`]) and the CPU tuning ([`isa`]).
 //!
 //! tract runs a graph fastest when every shape is concrete: a plan with
 //! symbolic H/W measured 4.5-5x slower. So the graph is optimised for the
@@ -14,16 +16,29 @@ use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
+use super::{DeclaredInput, Engine};
 use crate::error::{Result, RuntimeError};
-use crate::session::{SessionOptions, Tensor4};
+use crate::options::SessionOptions;
+use crate::tensor::Tensor4;
+
+pub(crate) mod isa;
+pub(crate) mod rewrite;
+mod tiled_conv;
+mod tiled_deconv;
 
 type Plan = Arc<TypedRunnableModel>;
 
-pub struct TractSession {
+/// The newest ONNX operator set ONNX Runtime 1.31 (the version CI pins)
+/// loads; it refuses later ones as unreleased. tract reads ops by name and
+/// would run a file stamped with any number, whose ops may mean something
+/// else there; the same ceiling keeps the two back ends agreeing on which
+/// files load.
+pub(crate) const NEWEST_OPSET: i64 = 26;
+
+pub(crate) struct TractSession {
     model: InferenceModel,
     run_options: RunOptions,
     threads: usize,
-    input_channels: Option<usize>,
     /// The plan for `shape` and its reusable state.
     cached: Option<([usize; 4], TypedSimpleState)>,
 }
@@ -39,8 +54,8 @@ impl TractSession {
     pub fn load(
         path: &Path,
         options: &SessionOptions,
-    ) -> Result<(TractSession, HashMap<String, String>)> {
-        super::tract_isa::tune_for_this_cpu();
+    ) -> Result<(TractSession, HashMap<String, String>, DeclaredInput)> {
+        isa::tune_for_this_cpu();
         // Read into memory instead of tract's mmap: a file truncated while
         // mapped would fault instead of returning an error.
         let bytes = std::fs::read(path).map_err(|reason| RuntimeError::Io {
@@ -58,6 +73,7 @@ impl TractSession {
             .iter()
             .map(|p| (p.key.clone(), p.value.clone()))
             .collect();
+        check_opset(path, &proto)?;
         let dir = path.parent().and_then(|d| d.to_str());
         let parsed = onnx
             .parse(&proto, dir)
@@ -69,13 +85,7 @@ impl TractSession {
             ));
         }
         let model = parsed.model;
-        let inputs = model.input_outlets().map_err(|e| invalid(path, e))?;
-        if inputs.len() != 1 {
-            return Err(invalid(
-                path,
-                format!("expected one graph input, found {}", inputs.len()),
-            ));
-        }
+        let inputs = model.input_outlets().map_err(|e| invalid(path, e))?.len();
         if model
             .output_outlets()
             .map_err(|e| invalid(path, e))?
@@ -83,36 +93,15 @@ impl TractSession {
         {
             return Err(invalid(path, "the graph has no output"));
         }
-        let fact = model.input_fact(0).map_err(|e| invalid(path, e))?;
-        let mut input_channels = None;
-        if let Some(shape) = fact.shape.concretize() {
-            if shape.len() != 4 {
-                return Err(invalid(
-                    path,
-                    format!(
-                        "the input has rank {} ({:?}); an image model takes NCHW (rank 4)",
-                        shape.len(),
-                        fact.shape
-                    ),
-                ));
-            }
-            input_channels = shape[1].to_usize().ok();
-        } else if let Some(rank) = fact.shape.rank().concretize() {
-            if rank != 4 {
-                return Err(invalid(
-                    path,
-                    format!("the input has rank {rank}; an image model takes NCHW (rank 4)"),
-                ));
-            }
-        }
-        if input_channels.is_none() {
-            input_channels = fact
-                .shape
-                .dims()
-                .nth(1)
-                .and_then(|d| d.concretize())
-                .and_then(|d| d.to_usize().ok());
-        }
+        let declared = match inputs {
+            1 => declared_input(model.input_fact(0).map_err(|e| invalid(path, e))?),
+            count => DeclaredInput {
+                count,
+                rank: None,
+                dims: vec![],
+                not_f32: None,
+            },
+        };
         let run_options = RunOptions {
             executor: Some(executor(options.threads)?),
             ..RunOptions::default()
@@ -122,15 +111,11 @@ impl TractSession {
                 model,
                 run_options,
                 threads: options.threads,
-                input_channels,
                 cached: None,
             },
             metadata,
+            declared,
         ))
-    }
-
-    pub fn input_channels(&self) -> Option<usize> {
-        self.input_channels
     }
 
     /// Optimises the graph for `shape`.
@@ -145,21 +130,19 @@ impl TractSession {
             .clone()
             .with_input_fact(0, fact)
             .and_then(|m| m.into_typed())
-            .and_then(|m| super::tract_conv::optimize(m, self.threads))
+            .and_then(|m| rewrite::optimize(m, self.threads))
             .and_then(|m| m.into_runnable_with_options(&self.run_options))
             .map_err(bad)
     }
 
-    pub fn run(&mut self, path: &Path, input: &Tensor4) -> Result<Tensor4> {
-        if let Some(c) = self.input_channels {
-            if input.shape[1] != c {
-                return Err(RuntimeError::BadInput {
-                    path: path.to_path_buf(),
-                    shape: input.shape.to_vec(),
-                    reason: format!("the model takes {c} input channels"),
-                });
-            }
-        }
+}
+
+impl Engine for TractSession {
+    fn provider(&self) -> &'static str {
+        "tract"
+    }
+
+    fn run(&mut self, path: &Path, input: &Tensor4) -> Result<Tensor4> {
         let state = match &mut self.cached {
             Some((shape, state)) if *shape == input.shape => state,
             _ => {
@@ -184,18 +167,58 @@ impl TractSession {
         let outputs = state.run(tvec!(x.into())).map_err(failed)?;
         let first = outputs
             .first()
-            .ok_or_else(|| failed(anyhow::anyhow!("no output")))?;
+            .ok_or_else(|| failed(TractError::msg("no output")))?;
         let view = first.to_plain_array_view::<f32>().map_err(failed)?;
         let dims = view.shape();
         let shape: [usize; 4] = dims.try_into().map_err(|_| {
-            failed(anyhow::anyhow!(
+            failed(TractError::msg(format!(
                 "the first output has shape {dims:?}, expected rank 4"
-            ))
+            )))
         })?;
         Ok(Tensor4 {
             data: view.iter().copied().collect(),
             shape,
         })
+    }
+}
+
+/// Refuses an operator set newer than [`NEWEST_OPSET`], or none below 1.
+fn check_opset(path: &Path, proto: &tract_onnx::pb::ModelProto) -> Result<()> {
+    let default_domain = proto
+        .opset_import
+        .iter()
+        .find(|i| i.domain.is_empty() || i.domain == "ai.onnx");
+    match default_domain.map(|i| i.version) {
+        Some(v) if !(1..=NEWEST_OPSET).contains(&v) => Err(invalid(
+            path,
+            format!("ONNX operator set {v} is not supported (1 to {NEWEST_OPSET})"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The input's rank, dimensions and element type as the file declares them.
+fn declared_input(fact: &InferenceFact) -> DeclaredInput {
+    let dims: Vec<Option<usize>> = fact
+        .shape
+        .dims()
+        .map(|d| d.concretize().and_then(|d| d.to_usize().ok()))
+        .collect();
+    let rank = fact
+        .shape
+        .rank()
+        .concretize()
+        .and_then(|r| usize::try_from(r).ok());
+    let not_f32 = fact
+        .datum_type
+        .concretize()
+        .filter(|&dt| dt != f32::datum_type())
+        .map(|dt| format!("{dt:?}").to_lowercase());
+    DeclaredInput {
+        count: 1,
+        rank,
+        dims,
+        not_f32,
     }
 }
 

@@ -1,34 +1,12 @@
 //! Which kernel runs each convolution: this crate's [`TiledConv`] or tract's own.
 //!
-//! tract 0.23 runs a stride-1 f32 convolution either as `DirectSpatialConv`
-//! (at most 576 inputs per output point, rows of 128 pixels or more), a loop
-//! that streams the input once per four output channels, or as a `Pad`, a
-//! lazy im2col and a matrix product. The channel `Concat` before a decoder
-//! convolution and the ReLU after every one are nodes of their own.
-//! [`TiledConv`] does all of it per L2-sized tile. Per convolution, with its
-//! Pad, Concat and ReLU, 2 threads, 256x256 input (`examples/tract_profile.rs`
-//! with `ALL_NODES=1`, and with `PLAIN_TRACT=1` for tract's own plan):
-//!
-//! | conv (Cin->Cout, side)        | tract ms      | TiledConv ms |
-//! |-------------------------------|---------------|--------------|
-//! | 3->16, 256                    | 0.7 (direct)  | 1.2          |
-//! | 16->16, 256                   | 3.8 (direct)  | 2.3-3.0      |
-//! | 16+16->16, 256 (concat)       | 9.6 (direct)  | 5.0-6.4      |
-//! | 32->32, 128                   | 5.6 (direct)  | 2.0-2.1      |
-//! | 3->64, 256                    | 2.7 (direct)  | 1.8-2.3      |
-//! | 64->64, 256                   | 97 (direct)   | 28-29        |
-//! | 64+64->64, 256 (concat)       | 136 (direct)  | 59-60        |
-//! | 128->128, 128                 | 38 (im2col)   | 26-27        |
-//! | 256->256, 64                  | 32 (im2col)   | 24-25        |
-//! | 512->512, 32                  | 25 (im2col)   | 26*          |
-//! | 512+512->512, 32 (concat)     | 66 (im2col)   | 73*          |
-//!
-//! \* tiles spread over both threads, as one-thread tiles would be thinner
-//! than 64 pixels (the matrix product then repacks the weights for too little
-//! work). So these deep, low-resolution layers stay with tract (see
-//! [`tiled_conv::suits`]). With this choice `unet-infer bench` (2 threads,
-//! 256x256) runs `unet-16` in 44 ms and `unet` (base 64) in 560 ms, against
-//! 53 and 670 ms when each convolution took the faster of tract's two kernels.
+//! tract 0.23 runs a stride-1 f32 convolution as `DirectSpatialConv` or as a
+//! `Pad`, a lazy im2col and a matrix product, with the channel `Concat` before
+//! a decoder convolution and the ReLU after every one as nodes of their own.
+//! [`TiledConv`] does all of it per L2-sized tile; the deep, low-resolution
+//! layers, whose tiles would be too thin, stay with tract
+//! ([`tiled_conv::suits`]). The per-convolution measurements behind that
+//! choice are in `docs/perf.md`.
 
 use std::sync::Arc;
 
@@ -39,8 +17,8 @@ use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, MaxPool, Padd
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
 
-use super::tract_tiled_conv::{self as tiled_conv, TiledConv};
-use super::tract_tiled_deconv::TiledDeconv;
+use super::tiled_conv::{self, TiledConv};
+use super::tiled_deconv::TiledDeconv;
 
 /// `model` declutterred and optimised as `into_optimized` does, with the
 /// convolutions [`TiledConv`] suits on `threads` threads replaced by it.
