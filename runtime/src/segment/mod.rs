@@ -179,6 +179,12 @@ impl Segmenter {
         if let Some(rule) = options.size_rule {
             info.size_rule = rule;
         }
+        if let ([_, _, Some(_), Some(_)], None, None) =
+            (session.input_dims(), &info.config, options.size_rule)
+        {
+            // A foreign graph with a fixed size runs at exactly that size.
+            info.size_rule = SizeRule::Same { multiple: 1 };
+        }
         let bad = |option: &'static str, reason: String| RuntimeError::BadOption { option, reason };
         if let Some(t) = options.threshold {
             unet_spec::preprocessing::validate_threshold(t).map_err(|r| bad("threshold", r))?;
@@ -233,13 +239,32 @@ impl Segmenter {
             }
             (Fit::Model, Some(_)) | (Fit::Pad, _) => None,
         };
-        if let (Some(g), SizeRule::Valid { .. }) = (&resize, info.size_rule) {
-            if info.size_rule.output_side(g.width) != Some(g.width) {
-                // A `valid` model's output is smaller than its input; the
-                // padded path below still covers the whole resized frame.
-                log::debug!("valid model resized to {}x{}", g.width, g.height);
+        // A graph with a fixed input size runs frames at that size on every
+        // back end (ONNX Runtime refuses any other; tract would accept it).
+        let resize = match (session.input_dims(), resize, options.fit) {
+            ([_, _, Some(h), Some(w)], Some(g), _) if (g.width, g.height) != (w, h) => {
+                return Err(bad(
+                    "fit",
+                    format!(
+                        "{} fixes its input at {w}x{h}, but frames would be resized to {}x{}",
+                        path.display(),
+                        g.width,
+                        g.height
+                    ),
+                ))
             }
-        }
+            ([_, _, Some(h), Some(w)], None, Fit::Model) if options.tiling.is_none() => {
+                log::info!("{}: fixed input {w}x{h}: frames are resized to it", path.display());
+                Some(InputGeometry {
+                    width: w,
+                    height: h,
+                    resize: ResizeMode::Stretch,
+                    filter: Filter::Bilinear,
+                    size_multiple: 1,
+                })
+            }
+            (_, resize, _) => resize,
+        };
         Ok(Segmenter {
             session,
             info,
@@ -328,7 +353,8 @@ impl Segmenter {
         for image in images {
             self.check_frame(image.width() as usize, image.height() as usize)?;
         }
-        if images.len() < 2 {
+        let batch_fixed = matches!(self.session.input_dims()[0], Some(n) if n != images.len());
+        if images.len() < 2 || batch_fixed {
             return images.iter().map(|i| self.segment(i)).collect();
         }
         if let Some(g) = self.resize {

@@ -1,7 +1,10 @@
 //! The back ends agree on which files and tensors they take, and a requested
 //! execution provider is never silently replaced in strict mode.
 
-use unet_runtime::{Backend, Ep, ErrorKind, RuntimeError, Session, SessionOptions, Tensor4};
+use unet_runtime::{
+    Backend, Ep, ErrorKind, Fit, RuntimeError, Segmenter, SegmenterOptions, Session, SessionOptions,
+    Tensor4,
+};
 
 use crate::common::*;
 
@@ -97,6 +100,42 @@ fn fixed_input_shape_refuses_other_sizes_on_every_backend() {
         // Still usable afterwards.
         assert!(s.run(&rgb(1, 48, 64)).is_ok(), "{backend:?}");
     }
+}
+
+/// A frame of another size is brought to a graph's fixed size by the
+/// segmenter, the same way on every back end; at native resolution it is
+/// refused with a clear error, the same way on every back end.
+#[test]
+fn segmenter_resizes_to_a_fixed_input_shape_on_every_backend() {
+    // Left 80 columns red (foreground for the color graph), the rest green.
+    let frame = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(160, 112, |x, _| {
+        if x < 80 {
+            image::Rgb([255, 0, 0])
+        } else {
+            image::Rgb([0, 255, 0])
+        }
+    }));
+    let mut masks = Vec::new();
+    for backend in backends() {
+        let mut seg = Segmenter::from_file(data("fixed_64x48.onnx"), backend.clone()).expect("load");
+        assert_eq!(seg.network_input_size(160, 112).expect("size"), (48, 64));
+        let out = seg.segment(&frame).expect("resized to 64x48");
+        assert_eq!((out.width, out.height), (160, 112), "{backend:?}");
+        assert_eq!(out.mask[0], 1, "{backend:?}");
+        assert_eq!(out.mask[159], 0, "{backend:?}");
+        masks.push(out.mask);
+
+        let native = SegmenterOptions {
+            fit: Fit::Pad,
+            ..SegmenterOptions::default()
+        };
+        let mut seg = Segmenter::from_file_with(data("fixed_64x48.onnx"), backend.clone(), native)
+            .expect("load");
+        let e = seg.segment(&frame).expect_err("native 160x112 on a 64x48 graph");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{backend:?}: {e}");
+        assert!(e.to_string().contains("fixed at 64x48"), "{backend:?}: {e}");
+    }
+    assert!(masks.windows(2).all(|m| m[0] == m[1]), "back ends disagree");
 }
 
 /// The CPU build of ONNX Runtime CI installs has no CUDA or TensorRT
