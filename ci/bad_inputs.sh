@@ -71,7 +71,8 @@ check() {
   rc=0
   (cd "$dir" && timeout "$limit" "$@") >"$dir.out" 2>"$dir.err" || rc=$?
   after="$(cd "$dir" && find . -type f -exec sha256sum {} + | sort -k2)"
-  msg="$(grep -m1 -v '^\s*$' "$dir.err" || true)"
+  # The error line if there is one, else the first line said.
+  msg="$(grep -m1 -i '^error' "$dir.err" || grep -m1 -v '^\s*$' "$dir.err" || true)"
   [ -n "$msg" ] || msg="$(grep -m1 -v '^\s*$' "$dir.out" || true)"
   new="$(comm -13 <(echo "$before" | awk '{print $2}') <(echo "$after" | awk '{print $2}') \
     | sed 's|^\./||' | sort | tr '\n' ' ' | sed 's/ $//')"
@@ -100,8 +101,10 @@ check() {
 infer="$bin/unet-infer"
 export_="$bin/unet-export"
 train="$bin/unet-train"
-# A training run that would finish in seconds if a bad flag were not refused.
-tiny_train=(--demo --demo-count 8 --epochs 1 --image-size 32x32 --batch-size 2 --quiet --out run)
+# A training run that would finish in seconds if a bad flag were not refused
+# (cases that set --image-size or --batch-size themselves use tiny_base).
+tiny_base=(--demo --demo-count 8 --epochs 1 --quiet --out run)
+tiny_train=("${tiny_base[@]}" --image-size 32x32 --batch-size 2)
 
 # ---- unet-infer ------------------------------------------------------------
 prep infer-garbage-onnx; cp "$inputs/garbage.bin" "$dir/model.onnx"; cp "$inputs/frame.png" "$dir/"
@@ -136,7 +139,9 @@ prep infer-mask-exists; cp "$inputs/color.onnx" "$inputs/frame.png" "$dir/"; mkd
 cp "$inputs/garbage.bin" "$dir/out/frame_mask.png"
 check infer-mask-exists 1 "" -- "$infer" color.onnx frame.png -o out
 prep infer-same-stem-twice; cp "$inputs/color.onnx" "$inputs/frame.png" "$dir/"; cp "$inputs/frame.png" "$dir/frame.jpg"
-check infer-same-stem-twice 1 "" -- "$infer" color.onnx frame.png frame.jpg -o out
+# Both masks kept: the stems collide, so each name carries its extension.
+check infer-same-stem-twice 0 "out/frame_png_mask.png out/frame_jpg_mask.png" -- \
+  "$infer" color.onnx frame.png frame.jpg -o out
 prep infer-output-is-file; cp "$inputs/color.onnx" "$inputs/frame.png" "$dir/"; echo x >"$dir/out"
 check infer-output-is-file 1 "" -- "$infer" color.onnx frame.png -o out
 prep infer-threads-0; cp "$inputs/color.onnx" "$inputs/frame.png" "$dir/"
@@ -196,13 +201,13 @@ check check-garbage-onnx 1 "" -- "$export_" check model.safetensors m.onnx
 prep train-lr-negative
 check train-lr-negative 1 "" -- "$train" "${tiny_train[@]}" --lr=-1
 prep train-image-size-0x0
-check train-image-size-0x0 1 "" -- "$train" "${tiny_train[@]}" --image-size 0x0
+check train-image-size-0x0 1 "" -- "$train" "${tiny_base[@]}" --image-size 0x0
 prep train-image-size-not-multiple
-check train-image-size-not-multiple 1 "" -- "$train" "${tiny_train[@]}" --image-size 33x33
+check train-image-size-not-multiple 1 "" -- "$train" "${tiny_base[@]}" --image-size 33x33
 prep train-threads-100000
 check train-threads-100000 1 "" -- "$train" "${tiny_train[@]}" --threads 100000
 prep train-batch-size-0
-check train-batch-size-0 1 "" -- "$train" "${tiny_train[@]}" --batch-size 0
+check train-batch-size-0 1 "" -- "$train" "${tiny_base[@]}" --image-size 32x32 --batch-size 0
 prep train-val-split-2
 check train-val-split-2 1 "" -- "$train" "${tiny_train[@]}" --val-split 2
 prep train-unknown-model
