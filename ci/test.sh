@@ -22,6 +22,10 @@ echo "== fixtures: torch-exported ONNX files on onnx.checker and ONNX Runtime (P
 .venv/bin/python fixtures/check_onnx.py
 echo "== cargo build (binaries and the C library the tests link)"
 cargo build --workspace --features "$features"
+# ---- bad inputs (ci/bad_inputs.sh): every binary refuses misuse cleanly ----
+echo "== bad inputs: exit codes, messages, no panic, no damaged or stray file"
+bash ci/bad_inputs.sh target/debug
+# ---- end bad inputs ----
 echo "== cargo test"
 cargo test --workspace --features "$features"
 echo "== exported fixtures: onnx.checker, shape inference, ONNX Runtime (Python) vs golden outputs"

@@ -9,6 +9,10 @@ mod c_abi;
 mod cli;
 mod common;
 mod errors;
+#[cfg(feature = "tract")]
+mod fuzz_harness;
+#[cfg(feature = "tract")]
+mod fuzz_replay;
 mod golden;
 mod header;
 mod segment;
