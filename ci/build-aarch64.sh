@@ -73,14 +73,13 @@ if [ "$(printf '%s\n' 1.91.0 "$version" | sort -V | head -n 1)" != 1.91.0 ]; the
 fi
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
-export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 # `cargo test --target` runs the test binaries through this (no binfmt_misc needed).
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $sysroot"
 export CARGO_TERM_COLOR=never
 
 if [ "$mode" = env ]; then
   for v in RUSTC CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER CC_aarch64_unknown_linux_gnu \
-    AR_aarch64_unknown_linux_gnu CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER; do
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER; do
     printf 'export %s=%q\n' "$v" "${!v}"
   done
   echo "# then: cargo build --target $triple -p unet-runtime ..."
@@ -122,8 +121,9 @@ fi
 log "build: $(( $(date +%s) - t0 ))s"
 run_tests=("$cargo" test --locked -p unet-runtime --target "$triple"
   ${cargo_features[@]+"${cargo_features[@]}"})
-# TiledConv/TiledDeconv (NEON kernels through gemm) against tract's own plan.
-"${run_tests[@]}" --lib -- tiled
+# The unit tests: TiledConv/TiledDeconv (NEON kernels through gemm) against tract's own
+# plan, the tiling and metadata logic.
+"${run_tests[@]}" --lib
 # The torch-exported fixtures (32x48 frames) against PyTorch's outputs, on tract.
 "${run_tests[@]}" --test it -- golden::fixtures_match_pytorch_on_tract --exact
 build_smoke
