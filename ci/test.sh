@@ -65,3 +65,6 @@ for format in onnx-test npz polygraphy; do
 done
 .venv/bin/python ci/check_goldens.py "$goldens" fixtures/unet/model.onnx
 rm -rf "$goldens"
+
+echo "== aarch64: cross-built runtime, its tests under qemu-user (ci/build-aarch64.sh)"
+bash ci/build-aarch64.sh --test
