@@ -8,7 +8,6 @@
 #
 #   ci/build-aarch64.sh                    # release: libunet_runtime.{a,so}, unet-infer, unet-smoke
 #   ci/build-aarch64.sh --profile edge --bin-only   # the size-optimised unet-infer only
-#   ci/build-aarch64.sh --features nnef --no-default-features   # NNEF-only runtime
 #   ci/build-aarch64.sh --test             # CI: dev build, then the aarch64 tests under qemu
 #   eval "$(ci/build-aarch64.sh --print-env)"   # set up this shell to run cargo by hand
 #
@@ -32,7 +31,7 @@ while [ $# -gt 0 ]; do
     --no-default-features) cargo_features+=(--no-default-features) ;;
     --test) mode=test; profile=dev ;;
     --print-env) mode=env ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "build-aarch64: unknown argument $1 (see --help)" >&2; exit 1 ;;
   esac
   shift
@@ -91,8 +90,12 @@ case "$profile" in
   dev|test) out="$target_dir/$triple/debug" ;;
   *) out="$target_dir/$triple/$profile" ;;
 esac
+config=()
+# Under emulation the runtime's own convolution loops would run unoptimised (the dev
+# profile optimises only dependencies): optimise the crate too.
+[ "$mode" = test ] && config=(--config 'profile.dev.package.unet-runtime.opt-level=3')
 build=("$cargo" build --locked -p unet-runtime --target "$triple" --profile "$profile"
-  ${cargo_features[@]+"${cargo_features[@]}"})
+  ${config[@]+"${config[@]}"} ${cargo_features[@]+"${cargo_features[@]}"})
 
 # The C smoke program against the static library, as the x86-64 test `c_abi` builds it.
 build_smoke() {
@@ -120,7 +123,7 @@ fi
 "${build[@]}" --lib --bin unet-infer --tests
 log "build: $(( $(date +%s) - t0 ))s"
 run_tests=("$cargo" test --locked -p unet-runtime --target "$triple"
-  ${cargo_features[@]+"${cargo_features[@]}"})
+  ${config[@]+"${config[@]}"} ${cargo_features[@]+"${cargo_features[@]}"})
 # The unit tests: TiledConv/TiledDeconv (NEON kernels through gemm) against tract's own
 # plan, the tiling and metadata logic.
 "${run_tests[@]}" --lib
