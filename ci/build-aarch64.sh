@@ -121,6 +121,7 @@ fi
 # One build of everything the steps below run, with the test build's (dev-dependency)
 # features, so the `cargo test` calls only link and run.
 "${build[@]}" --lib --bin unet-infer --tests
+build_smoke
 log "build: $(( $(date +%s) - t0 ))s"
 # qemu-user 7.2 (bookworm's) hangs in the first pthread_create on recent host kernels
 # (seen on 6.18), and every test runs in a thread: probe first, skip loudly, never hang CI.
@@ -140,6 +141,5 @@ run_tests=("$cargo" test --locked -p unet-runtime --target "$triple"
 "${run_tests[@]}" --lib
 # The torch-exported fixtures (32x48 frames) against PyTorch's outputs, on tract.
 "${run_tests[@]}" --test it -- golden::fixtures_match_pytorch_on_tract --exact
-build_smoke
 qemu-aarch64 -L "$sysroot" "$out/unet-smoke" runtime/tests/data/color.onnx 1
 log "aarch64 build and tests under qemu: $(( $(date +%s) - t0 ))s"
