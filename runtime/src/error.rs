@@ -70,7 +70,9 @@ pub enum RuntimeError {
     OrtUnavailable { reason: String },
     /// A requested execution provider cannot run, and falling back was
     /// refused ([`crate::SessionOptions::strict_backend`]).
-    #[error("execution provider {provider} is not available (strict backend, no fallback): {reason}")]
+    #[error(
+        "execution provider {provider} is not available (strict backend, no fallback): {reason}"
+    )]
     ProviderUnavailable {
         provider: &'static str,
         reason: String,

@@ -61,7 +61,10 @@ fn main() {
         // No weights.bin in the working directory.
         for path in [&model, &relative] {
             let mut s = Session::from_file(path, backend.clone()).unwrap_or_else(|e| {
-                panic!("{backend:?}, {} from another directory: {e}", path.display())
+                panic!(
+                    "{backend:?}, {} from another directory: {e}",
+                    path.display()
+                )
             });
             let out = s.run(&input()).expect("run");
             assert!(

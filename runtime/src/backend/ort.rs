@@ -240,7 +240,12 @@ impl OrtSession {
                 .with_timing_cache(true)
                 .with_timing_cache_path(dir.display());
         }
-        match with_ep(&env, path, self.threads, tensorrt.build().error_on_failure()) {
+        match with_ep(
+            &env,
+            path,
+            self.threads,
+            tensorrt.build().error_on_failure(),
+        ) {
             Ok(session) => {
                 self.session = session;
                 trt.shape = Some(shape);

@@ -134,7 +134,6 @@ impl TractSession {
             .and_then(|m| m.into_runnable_with_options(&self.run_options))
             .map_err(bad)
     }
-
 }
 
 impl Engine for TractSession {
