@@ -13,13 +13,11 @@ use unet_models::arch::{Graph, NodeId, Op};
 use unet_models::candle_core::{DType, Tensor};
 use unet_models::config::Padding;
 use unet_models::layers::BN_EPS;
-use unet_models::{Preprocessing, UNet};
+use unet_models::{ModelError, Preprocessing, UNet};
 
 use crate::error::{ExportError, Result};
 use crate::onnx::{self, Attr, Dim, Elem, MAX_OPSET, MIN_OPSET};
 
-/// Metadata keys the exporter adds next to the copied `unet.config` and
-/// `unet.preprocessing`.
 /// The metadata keys, defined once in the spec crate.
 pub use unet_spec::keys;
 
@@ -130,7 +128,7 @@ pub fn export(
     let graph = model.graph();
     let cfg = &graph.config;
     if let Some((h, w)) = opts.input.spatial {
-        graph.spatial_sizes(h, w)?;
+        graph.spatial_sizes(h, w).map_err(ModelError::from)?;
     }
     if opts.input.batch == Some(0) {
         return Err(ExportError::BadShape {

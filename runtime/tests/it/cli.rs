@@ -396,3 +396,32 @@ fn a_failed_write_is_an_error_and_leaves_no_file() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `--strict-backend`: a provider this machine lacks (CUDA on CI's CPU-only
+/// ONNX Runtime) is an error with the reason; without it, a CPU fallback.
+#[test]
+fn strict_backend_refuses_a_missing_provider() {
+    if !ort_available("strict_backend_refuses_a_missing_provider") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frame = dir.path().join("f.png");
+    half_red(&frame);
+    let segment = |extra: &[&str], out: &str| {
+        let mut c = unet_infer();
+        c.arg(data("color.onnx"))
+            .arg(&frame)
+            .arg("-o")
+            .arg(dir.path().join(out))
+            .args(["--backend", "ort-cuda"])
+            .args(extra);
+        run(&mut c)
+    };
+    let (code, _, err) = segment(&["--strict-backend"], "strict");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.to_lowercase().contains("cuda"), "{err}");
+    assert!(!dir.path().join("strict/f_mask.png").exists());
+    let (code, _, err) = segment(&[], "fallback");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(dir.path().join("fallback/f_mask.png").is_file());
+}

@@ -271,12 +271,3 @@ pub enum ChannelOrder {
     Gray,
 }
 
-impl ChannelOrder {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelOrder::Rgb => "rgb",
-            ChannelOrder::Bgr => "bgr",
-            ChannelOrder::Gray => "gray",
-        }
-    }
-}

@@ -368,9 +368,9 @@ fn run_annotate(args: AnnotateArgs, out: Out) -> anyhow::Result<ExitCode> {
         mean: args.mean,
         std: args.std,
         channel_order: match args.channel_order {
-            ChannelOrder::Rgb => unet_spec::ChannelOrder::Rgb,
-            ChannelOrder::Bgr => unet_spec::ChannelOrder::Bgr,
-            ChannelOrder::Gray => unet_spec::ChannelOrder::Gray,
+            crate::args::ChannelOrder::Rgb => unet_spec::ChannelOrder::Rgb,
+            crate::args::ChannelOrder::Bgr => unet_spec::ChannelOrder::Bgr,
+            crate::args::ChannelOrder::Gray => unet_spec::ChannelOrder::Gray,
         },
         threshold: args.threshold,
         class_names: args.class_names,

@@ -100,6 +100,10 @@ pub struct BackendArgs {
     /// TensorRT: engine and timing cache directory.
     #[arg(long, value_name = "DIR")]
     trt_cache: Option<PathBuf>,
+    /// Fail, with the reason, when the requested provider (CUDA, TensorRT)
+    /// is unavailable, instead of falling back to the CPU.
+    #[arg(long)]
+    strict_backend: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +151,7 @@ pub fn load_segmenter(model: &std::path::Path, fit: &FitArgs, b: &BackendArgs) -
     let options = SegmenterOptions {
         session: SessionOptions {
             threads: b.threads,
+            strict_backend: b.strict_backend,
             ..SessionOptions::default()
         },
         fit: match (fit.native, fit.resize) {
