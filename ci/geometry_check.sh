@@ -4,13 +4,17 @@
 # synthetic frames, export it, and score held-out frames with `unet-infer eval`
 # and no geometry flag. The held-out Dice should match the trainer's
 # validation Dice; `--native` shows what running at native resolution costs.
-#   bash ci/geometry_check.sh [OUT] [EPOCHS]     (release build; minutes, not in CI)
+#   bash ci/geometry_check.sh [OUT] [EPOCHS]     (minutes, not in CI)
+# GEOMETRY_PROFILE=debug uses the dev build (its kernels are optimised too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-out/geometry-check}"
 epochs="${2:-8}"
-bin=target/release
-cargo build --release -q -p unet-trainer -p unet-exporter -p unet-runtime --bins
+profile="${GEOMETRY_PROFILE:-release}"
+bin="target/$profile"
+if [ "$profile" = release ]; then
+  cargo build --release -q -p unet-trainer -p unet-exporter -p unet-runtime --bins
+fi
 rm -rf "$out" && mkdir -p "$out"
 "$bin/unet-train" demo-data --out "$out/train-data" --count 400 --size 256 --seed 42 >/dev/null
 "$bin/unet-train" demo-data --out "$out/test-data" --count 100 --size 256 --seed 9001 >/dev/null

@@ -9,8 +9,8 @@ use prost::Message;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
 use tract_onnx::pb::type_proto::Value as TypeValue;
 use tract_onnx::pb::ModelProto;
-use unet_spec::keys::PREPROCESSING as PREPROCESSING_KEY;
 use unet_models::Preprocessing;
+use unet_spec::keys::PREPROCESSING as PREPROCESSING_KEY;
 
 use crate::error::{ExportError, Result};
 use crate::lower::{keys, Head};

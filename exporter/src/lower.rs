@@ -247,7 +247,8 @@ fn metadata_props(
     // Sorted so the same export is byte-for-byte the same file.
     let mut m: BTreeMap<String, String> =
         source.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    m.entry(keys::CONFIG.into()).or_insert_with(|| cfg.to_json());
+    m.entry(keys::CONFIG.into())
+        .or_insert_with(|| cfg.to_json());
     m.entry(keys::PREPROCESSING.into())
         .or_insert_with(|| pre.to_json());
     let bool_str = |b: bool| if b { "true" } else { "false" }.to_string();

@@ -44,12 +44,13 @@ pub fn check_weights(model: &UNet) -> Result<()> {
 /// when it reads the file): mean and std per input channel, std finite and
 /// non-zero, finite means, a threshold in [0, 1).
 pub fn check_preprocessing(pre: &Preprocessing, in_channels: usize) -> Result<()> {
-    pre.validate(in_channels).map_err(|e| ExportError::BadPreprocessing {
-        reason: match e {
-            unet_spec::SpecError::BadMetadata { reason, .. } => reason,
-            other => other.to_string(),
-        },
-    })
+    pre.validate(in_channels)
+        .map_err(|e| ExportError::BadPreprocessing {
+            reason: match e {
+                unet_spec::SpecError::BadMetadata { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })
 }
 
 #[cfg(test)]
@@ -72,7 +73,10 @@ mod tests {
         let e = check_preprocessing(&pre(vec![0.5], vec![0.25; 3]), 3).unwrap_err();
         assert!(e.to_string().contains("1 means and 3 stds"), "{e}");
         let e = check_preprocessing(&pre(vec![0.5; 3], vec![0.2, 0.0, 0.2]), 3).unwrap_err();
-        assert!(e.to_string().contains("std must be finite and non-zero"), "{e}");
+        assert!(
+            e.to_string().contains("std must be finite and non-zero"),
+            "{e}"
+        );
         let e = check_preprocessing(&pre(vec![0.5; 3], vec![0.2, f32::NAN, 0.2]), 3).unwrap_err();
         assert!(e.to_string().contains("std must be finite"), "{e}");
         let mut p = pre(vec![0.5; 3], vec![0.25; 3]);

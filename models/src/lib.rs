@@ -22,5 +22,5 @@ pub use error::{ModelError, Result};
 pub use model::UNet;
 
 pub use candle_core;
-pub use unet_spec;
 pub use candle_nn;
+pub use unet_spec;

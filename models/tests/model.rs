@@ -116,7 +116,9 @@ fn forward_rejects_wrong_channels_and_sizes() {
     let x = Tensor::zeros((1, 3, 10, 8), DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(
         model.forward(&x),
-        Err(ModelError::Spec(unet_models::unet_spec::SpecError::InvalidInputSize { .. }))
+        Err(ModelError::Spec(
+            unet_models::unet_spec::SpecError::InvalidInputSize { .. }
+        ))
     ));
     let x = Tensor::zeros((3, 8, 8), DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(

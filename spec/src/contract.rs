@@ -65,7 +65,10 @@ impl ModelInfo {
             if c != cfg.in_channels {
                 return Err(bad(
                     keys::CONFIG,
-                    format!("in_channels {} but the graph input has {c}", cfg.in_channels),
+                    format!(
+                        "in_channels {} but the graph input has {c}",
+                        cfg.in_channels
+                    ),
                 ));
             }
         }

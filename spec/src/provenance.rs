@@ -44,8 +44,14 @@ impl Provenance {
     /// that know those.
     pub fn ultralytics_entries(&self) -> [(&'static str, String); 2] {
         [
-            (keys::IMGSZ, serde_json::to_string(&self.imgsz).unwrap_or_default()),
-            (keys::NAMES, serde_json::to_string(&self.names).unwrap_or_default()),
+            (
+                keys::IMGSZ,
+                serde_json::to_string(&self.imgsz).unwrap_or_default(),
+            ),
+            (
+                keys::NAMES,
+                serde_json::to_string(&self.names).unwrap_or_default(),
+            ),
         ]
     }
 }

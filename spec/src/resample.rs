@@ -43,7 +43,12 @@ impl Planar {
     }
 
     pub fn zeros(channels: usize, width: usize, height: usize) -> Self {
-        Self::new(channels, width, height, vec![0.0; channels * width * height])
+        Self::new(
+            channels,
+            width,
+            height,
+            vec![0.0; channels * width * height],
+        )
     }
 
     /// 8-bit interleaved pixels (`channels` bytes each, rows `stride` bytes
@@ -201,7 +206,10 @@ mod tests {
         // Centres at x = 1.17, 3.5, 5.83 -> 1, 3, 5; y = 1.25, 3.75 -> 1, 3.
         let p = pattern();
         let at = |x: usize, y: usize| p.data[y * 7 + x];
-        assert_eq!(n.data, vec![at(1, 1), at(3, 1), at(5, 1), at(1, 3), at(3, 3), at(5, 3)]);
+        assert_eq!(
+            n.data,
+            vec![at(1, 1), at(3, 1), at(5, 1), at(1, 3), at(3, 3), at(5, 3)]
+        );
     }
 
     include!("resample_golden.rs");

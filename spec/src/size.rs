@@ -45,7 +45,16 @@ mod tests {
 
     #[test]
     fn refuses_empty_zero_and_absurd_sizes() {
-        for bad in ["", "x", "0x0", "64x0", "-1x4", "axb", "100000x100000", "3x4x5"] {
+        for bad in [
+            "",
+            "x",
+            "0x0",
+            "64x0",
+            "-1x4",
+            "axb",
+            "100000x100000",
+            "3x4x5",
+        ] {
             assert!(parse_wxh(bad).is_err(), "{bad} accepted");
         }
     }

@@ -54,7 +54,10 @@ pub fn model_metadata(
         git_commit: git_commit(),
     };
     let mut m = HashMap::from([
-        (keys::INPUT_GEOMETRY.to_string(), input_geometry(opts).to_json()),
+        (
+            keys::INPUT_GEOMETRY.to_string(),
+            input_geometry(opts).to_json(),
+        ),
         (keys::PROVENANCE.to_string(), p.to_json()),
     ]);
     for (k, v) in p.ultralytics_entries() {

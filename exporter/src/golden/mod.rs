@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use unet_spec::keys::{CONFIG as CONFIG_KEY, PREPROCESSING as PREPROCESSING_KEY};
 use unet_models::{Preprocessing, UNet};
+use unet_spec::keys::{CONFIG as CONFIG_KEY, PREPROCESSING as PREPROCESSING_KEY};
 
 use crate::check::{self, Case, CheckOptions, Report};
 use crate::error::{ExportError, Result};

@@ -156,7 +156,10 @@ fn annotate_adds_metadata_the_runtime_reads() {
     assert_eq!(m["unet.size_multiple"], "32");
     let session = unet_runtime::Session::from_file(&out, unet_runtime::Backend::Tract).unwrap();
     let info = unet_runtime::ModelInfo::from_metadata(session.metadata(), Some(3)).unwrap();
-    assert_eq!(info.size_rule, unet_runtime::SizeRule::Same { multiple: 32 });
+    assert_eq!(
+        info.size_rule,
+        unet_runtime::SizeRule::Same { multiple: 32 }
+    );
     assert_eq!(info.preprocessing.mean, vec![0.485, 0.456, 0.406]);
     assert_eq!(info.preprocessing.std, vec![0.229, 0.224, 0.225]);
     assert_eq!(info.head, unet_runtime::Head::Sigmoid);
@@ -165,7 +168,11 @@ fn annotate_adds_metadata_the_runtime_reads() {
     let refused = dir.path().join("refused.onnx");
     for (mean, std, expect) in [
         ("0.5", "0.5,0.5,0.5", "1 means and 3 stds"),
-        ("0.5,0.5,0.5", "0.5,0,0.5", "std must be finite and non-zero"),
+        (
+            "0.5,0.5,0.5",
+            "0.5,0,0.5",
+            "std must be finite and non-zero",
+        ),
     ] {
         let o = unet_export(&[
             "annotate",

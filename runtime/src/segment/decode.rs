@@ -22,7 +22,10 @@ fn bad(path: &Path, reason: impl Into<String>) -> RuntimeError {
 /// their memory is allocated (decompression bombs included).
 pub fn decode_image(path: &Path, max_pixels: usize) -> Result<DynamicImage> {
     if path.is_dir() {
-        return Err(bad(path, "is a directory (pass the directory itself to take its images)"));
+        return Err(bad(
+            path,
+            "is a directory (pass the directory itself to take its images)",
+        ));
     }
     let reader = ImageReader::open(path)
         .map_err(|reason| RuntimeError::Io {
@@ -35,7 +38,10 @@ pub fn decode_image(path: &Path, max_pixels: usize) -> Result<DynamicImage> {
             reason,
         })?;
     if reader.format().is_none() {
-        return Err(bad(path, "not an image this build reads (PNG, JPEG, BMP, TIFF, GIF)"));
+        return Err(bad(
+            path,
+            "not an image this build reads (PNG, JPEG, BMP, TIFF, GIF)",
+        ));
     }
     let (w, h) = {
         let mut probe = ImageReader::open(path)
@@ -115,7 +121,10 @@ mod tests {
         std::fs::write(dir.path().join("a.png"), b"not an image").unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
         let files = expand_inputs(&[dir.path().to_path_buf()]).unwrap();
-        let names: Vec<_> = files.iter().map(|p| p.file_name().unwrap().to_owned()).collect();
+        let names: Vec<_> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect();
         assert_eq!(names, ["a.png", "b.jpg"]);
         let e = decode_image(&files[0], 100).unwrap_err().to_string();
         assert!(e.contains("a.png"), "{e}");

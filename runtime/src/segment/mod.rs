@@ -254,7 +254,10 @@ impl Segmenter {
                 ))
             }
             ([_, _, Some(h), Some(w)], None, Fit::Model) if options.tiling.is_none() => {
-                log::info!("{}: fixed input {w}x{h}: frames are resized to it", path.display());
+                log::info!(
+                    "{}: fixed input {w}x{h}: frames are resized to it",
+                    path.display()
+                );
                 Some(InputGeometry {
                     width: w,
                     height: h,
@@ -375,7 +378,11 @@ impl Segmenter {
         let same_size = images
             .windows(2)
             .all(|p| p[0].width() == p[1].width() && p[0].height() == p[1].height());
-        if !same_size || self.tiling_for(images[0].width() as usize, images[0].height() as usize).is_some() {
+        if !same_size
+            || self
+                .tiling_for(images[0].width() as usize, images[0].height() as usize)
+                .is_some()
+        {
             return images.iter().map(|i| self.segment(i)).collect();
         }
         let mut planars = Vec::with_capacity(images.len());
@@ -390,7 +397,13 @@ impl Segmenter {
             .run_padded(&inputs)?
             .into_iter()
             .map(|(classes, probs)| {
-                postprocess::finish(threshold, classes, probs, planars[0].height, planars[0].width)
+                postprocess::finish(
+                    threshold,
+                    classes,
+                    probs,
+                    planars[0].height,
+                    planars[0].width,
+                )
             })
             .collect())
     }
@@ -451,7 +464,10 @@ impl Segmenter {
             .ok_or_else(|| RuntimeError::BadImage {
                 width: n,
                 height: n,
-                reason: format!("no input size of {:?} covers {n} pixels", self.info.size_rule),
+                reason: format!(
+                    "no input size of {:?} covers {n} pixels",
+                    self.info.size_rule
+                ),
             })
     }
 

@@ -69,7 +69,10 @@ pub(super) fn finish(
 ) -> Segmentation {
     let plane = h * w;
     let mask = if classes == 1 {
-        probabilities.iter().map(|&p| u8::from(p > threshold)).collect()
+        probabilities
+            .iter()
+            .map(|&p| u8::from(p > threshold))
+            .collect()
     } else {
         (0..plane)
             .map(|i| {

@@ -129,7 +129,9 @@ fn check_channels(info: &ModelInfo, width: usize, height: usize) -> Result<usize
         c => Err(RuntimeError::BadImage {
             width,
             height,
-            reason: format!("the model takes {c} channels; images give 1 or 3 (use segment_tensor)"),
+            reason: format!(
+                "the model takes {c} channels; images give 1 or 3 (use segment_tensor)"
+            ),
         }),
     }
 }

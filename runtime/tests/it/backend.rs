@@ -2,8 +2,8 @@
 //! execution provider is never silently replaced in strict mode.
 
 use unet_runtime::{
-    Backend, Ep, ErrorKind, Fit, RuntimeError, Segmenter, SegmenterOptions, Session, SessionOptions,
-    Tensor4,
+    Backend, Ep, ErrorKind, Fit, RuntimeError, Segmenter, SegmenterOptions, Session,
+    SessionOptions, Tensor4,
 };
 
 use crate::common::*;
@@ -117,7 +117,8 @@ fn segmenter_resizes_to_a_fixed_input_shape_on_every_backend() {
     }));
     let mut masks = Vec::new();
     for backend in backends() {
-        let mut seg = Segmenter::from_file(data("fixed_64x48.onnx"), backend.clone()).expect("load");
+        let mut seg =
+            Segmenter::from_file(data("fixed_64x48.onnx"), backend.clone()).expect("load");
         assert_eq!(seg.network_input_size(160, 112).expect("size"), (48, 64));
         let out = seg.segment(&frame).expect("resized to 64x48");
         assert_eq!((out.width, out.height), (160, 112), "{backend:?}");
@@ -131,7 +132,9 @@ fn segmenter_resizes_to_a_fixed_input_shape_on_every_backend() {
         };
         let mut seg = Segmenter::from_file_with(data("fixed_64x48.onnx"), backend.clone(), native)
             .expect("load");
-        let e = seg.segment(&frame).expect_err("native 160x112 on a 64x48 graph");
+        let e = seg
+            .segment(&frame)
+            .expect_err("native 160x112 on a 64x48 graph");
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{backend:?}: {e}");
         assert!(e.to_string().contains("fixed at 64x48"), "{backend:?}: {e}");
     }

@@ -59,7 +59,14 @@ fn writes_masks_and_overlays() {
         .arg(&input)
         .arg("-o")
         .arg(&out)
-        .args(["--backend", "tract", "--threshold", "0.8", "-q", "--overwrite"])
+        .args([
+            "--backend",
+            "tract",
+            "--threshold",
+            "0.8",
+            "-q",
+            "--overwrite",
+        ])
         .status()
         .expect("run");
     assert!(status.success());
@@ -209,7 +216,8 @@ fn directories_collisions_and_existing_outputs() {
         use std::os::unix::fs::PermissionsExt;
         let probe = out.join("probe");
         std::fs::File::create(&probe).expect("probe");
-        let mode = |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode(&out.join("a_png_mask.png")), mode(&probe));
         std::fs::remove_file(&probe).expect("rm");
     }
@@ -217,11 +225,20 @@ fn directories_collisions_and_existing_outputs() {
     std::fs::write(out.join("a_png_mask.png"), b"keep").expect("write");
     let (code, _, err) = segment(&[]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("already exists") && err.contains("--overwrite"), "{err}");
-    assert_eq!(std::fs::read(out.join("a_png_mask.png")).expect("read"), b"keep");
+    assert!(
+        err.contains("already exists") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("a_png_mask.png")).expect("read"),
+        b"keep"
+    );
     let (code, _, err) = segment(&["--overwrite"]);
     assert_eq!(code, Some(0), "{err}");
-    assert_ne!(std::fs::read(out.join("a_png_mask.png")).expect("read"), b"keep");
+    assert_ne!(
+        std::fs::read(out.join("a_png_mask.png")).expect("read"),
+        b"keep"
+    );
     // Nothing but the masks is left in the output directory.
     assert_eq!(std::fs::read_dir(&out).expect("dir").count(), 2);
 }
@@ -234,9 +251,15 @@ fn a_bad_image_is_reported_and_the_rest_still_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = dir.path().join("good.jpg");
     // A PNG named .jpg: the format comes from the content.
-    RgbImage::from_fn(10, 6, |x, _| if x < 5 { Rgb([255, 0, 0]) } else { Rgb([0, 255, 0]) })
-        .save_with_format(&good, image::ImageFormat::Png)
-        .expect("save");
+    RgbImage::from_fn(10, 6, |x, _| {
+        if x < 5 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 255, 0])
+        }
+    })
+    .save_with_format(&good, image::ImageFormat::Png)
+    .expect("save");
     let bad = dir.path().join("bad.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\ntruncated").expect("write");
     let out = dir.path().join("out");
@@ -248,7 +271,10 @@ fn a_bad_image_is_reported_and_the_rest_still_run() {
         .arg(&out)
         .args(["--backend", "tract", "-q"]));
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("bad.png") && err.contains("1 of 2 images failed"), "{err}");
+    assert!(
+        err.contains("bad.png") && err.contains("1 of 2 images failed"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     assert!(out.join("good_mask.png").is_file());
     assert!(!out.join("bad_mask.png").exists());
@@ -291,8 +317,14 @@ fn eval_matches_hand_computed_dice() {
     let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(',').collect()).collect();
     assert_eq!(rows[0][2..6], ["dice", "iou", "precision", "recall"]);
     // Dice 2*24/(48+6), IoU 24/30, precision 24/30, recall 1.
-    assert_eq!(rows[1][2..8], ["0.888889", "0.800000", "0.800000", "1.000000", "0.500000", "0.400000"]);
-    assert_eq!(rows[2][2..6], ["1.000000", "1.000000", "1.000000", "1.000000"]);
+    assert_eq!(
+        rows[1][2..8],
+        ["0.888889", "0.800000", "0.800000", "1.000000", "0.500000", "0.400000"]
+    );
+    assert_eq!(
+        rows[2][2..6],
+        ["1.000000", "1.000000", "1.000000", "1.000000"]
+    );
     assert!(stdout.contains("mean Dice 0.9444"), "{stdout}");
     // The CSV is not replaced without --overwrite.
     let (code, _, err) = run(unet_infer()
@@ -311,7 +343,10 @@ fn eval_matches_hand_computed_dice() {
 fn usage_errors_exit_1_and_version_names_the_binary() {
     let (code, stdout, _) = run(unet_infer().arg("--version"));
     assert_eq!(code, Some(0));
-    assert_eq!(stdout.trim(), format!("unet-infer {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        stdout.trim(),
+        format!("unet-infer {}", env!("CARGO_PKG_VERSION"))
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let frame = dir.path().join("f.png");
     half_red(&frame);
@@ -321,7 +356,6 @@ fn usage_errors_exit_1_and_version_names_the_binary() {
         vec!["--threads", "0"],
         vec!["--resize", "0x0"],
         vec!["--max-pixels", "10"],
-        vec!["--tile", "7", "--overlap", "0"],
         vec!["--threshold", "NaN"],
         vec!["--threshold", "2"],
     ] {
@@ -333,7 +367,10 @@ fn usage_errors_exit_1_and_version_names_the_binary() {
             .args(["--backend", "tract"])
             .args(&args));
         assert_eq!(code, Some(1), "{args:?}: {err}");
-        assert!(!err.contains("panicked") && !err.is_empty(), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.is_empty(),
+            "{args:?}: {err}"
+        );
     }
 }
 
@@ -344,7 +381,10 @@ fn info_prints_the_contract() {
     }
     let (code, stdout, err) = run(unet_infer().arg("info").arg(data("color.onnx")));
     assert_eq!(code, Some(0), "{err}");
-    assert!(stdout.contains("trained at") && stdout.contains("not recorded"), "{stdout}");
+    assert!(
+        stdout.contains("trained at") && stdout.contains("not recorded"),
+        "{stdout}"
+    );
 }
 
 /// A write that fails part-way (here the file-size limit, as a full disk

@@ -3,7 +3,7 @@
 
 use image::{DynamicImage, Rgb, RgbImage};
 use unet_runtime::{
-    Backend, Ep, Fit, Head, SizeRule, ImageView, PixelFormat, Segmenter, SegmenterOptions, Session,
+    Backend, Ep, Fit, Head, ImageView, PixelFormat, Segmenter, SegmenterOptions, Session, SizeRule,
     Tensor4,
 };
 

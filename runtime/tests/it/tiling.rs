@@ -1,6 +1,6 @@
 //! Overlap-tile inference against whole-image inference.
 
-use unet_runtime::{SizeRule, Segmenter, SegmenterOptions, Tiling};
+use unet_runtime::{Segmenter, SegmenterOptions, SizeRule, Tiling};
 
 use crate::common::*;
 use crate::segment::texture;
@@ -66,4 +66,20 @@ fn same_model_tiled_matches_untiled_away_from_seams() {
     }
     assert!(away < 1e-5, "away from seams: {away}");
     assert!(tiled.probabilities.iter().all(|p| (0.0..=1.0).contains(p)));
+}
+
+/// Tiles of a few pixels leave a U-Net no context (masks come out nearly
+/// empty): refused, naming the smallest tile that works.
+#[test]
+fn tiles_too_small_for_the_model_are_refused() {
+    let g = SizeRule::Same { multiple: 8 };
+    let image = texture(64, 48);
+    let tiling = Tiling {
+        tile: 7,
+        overlap: 0,
+    };
+    let e = segmenter("unet", g, Some(tiling))
+        .segment(&image)
+        .expect_err("a 7 px tile");
+    assert!(e.to_string().contains("at least 32"), "{e}");
 }

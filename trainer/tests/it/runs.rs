@@ -339,7 +339,10 @@ fn binary_exit_codes() {
         (vec!["--bogus"], "unexpected argument"),
         (vec!["--time", "soon"], "--time"),
         (vec!["--lr=-1"], "--lr: -1 is not a positive learning rate"),
-        (vec!["--image-size", "0x0"], "0x0 has no pixels"),
+        (
+            vec!["--image-size", "0x0"],
+            "each side must be between 1 and",
+        ),
         (vec!["--image-size", "16384x16384"], "over the limit"),
     ] {
         let out = std::process::Command::new(bin)

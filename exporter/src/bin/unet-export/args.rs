@@ -270,4 +270,3 @@ pub enum ChannelOrder {
     Bgr,
     Gray,
 }
-

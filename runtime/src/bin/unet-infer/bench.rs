@@ -73,7 +73,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let runs = args.runs as usize;
     let (w, h) = args.size;
     if w * h > unet_runtime::DEFAULT_MAX_PIXELS {
-        bail!("--size {w}x{h} is above the frame limit of {} pixels", unet_runtime::DEFAULT_MAX_PIXELS);
+        bail!(
+            "--size {w}x{h} is above the frame limit of {} pixels",
+            unet_runtime::DEFAULT_MAX_PIXELS
+        );
     }
     let choices = if args.backend.is_empty() {
         let mut v = vec![BackendChoice::Tract];

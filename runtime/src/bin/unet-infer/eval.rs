@@ -108,13 +108,7 @@ fn mask_for(image: &Path, masks: &Path) -> Result<PathBuf> {
                 && unet_runtime::segment::decode::has_image_extension(p)
         })
         .min();
-    found.with_context(|| {
-        format!(
-            "no mask for {} in {}",
-            image.display(),
-            masks.display()
-        )
-    })
+    found.with_context(|| format!("no mask for {} in {}", image.display(), masks.display()))
 }
 
 pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
@@ -127,9 +121,8 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
     }
     let images = unet_runtime::expand_inputs(std::slice::from_ref(&args.images))?;
     let mut segmenter = load_segmenter(&args.model, &args.fit, &args.backend)?;
-    let mut rows = vec![
-        "image,mask,dice,iou,precision,recall,pred_foreground,true_foreground".to_string(),
-    ];
+    let mut rows =
+        vec!["image,mask,dice,iou,precision,recall,pred_foreground,true_foreground".to_string()];
     let (mut total, mut per_image, mut failed) = (Counts::default(), Vec::new(), Vec::new());
     for image_path in &images {
         let mut one = || -> Result<(PathBuf, Counts)> {
@@ -196,7 +189,12 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
         );
     }
     if !failed.is_empty() {
-        bail!("{} of {} images failed: {}", failed.len(), images.len(), failed.join(", "));
+        bail!(
+            "{} of {} images failed: {}",
+            failed.len(),
+            images.len(),
+            failed.join(", ")
+        );
     }
     Ok(())
 }
@@ -229,8 +227,14 @@ mod tests {
         assert!((c.recall() - 0.75).abs() < 1e-12);
         // Nothing to find, nothing found: perfect; something missed: 0.
         let empty = Counts::of(&[false; 4], &[false; 4]);
-        assert_eq!((empty.dice(), empty.iou(), empty.precision(), empty.recall()), (1.0, 1.0, 1.0, 1.0));
+        assert_eq!(
+            (empty.dice(), empty.iou(), empty.precision(), empty.recall()),
+            (1.0, 1.0, 1.0, 1.0)
+        );
         let missed = Counts::of(&[false; 2], &[true, false]);
-        assert_eq!((missed.dice(), missed.precision(), missed.recall()), (0.0, 0.0, 0.0));
+        assert_eq!(
+            (missed.dice(), missed.precision(), missed.recall()),
+            (0.0, 0.0, 0.0)
+        );
     }
 }

@@ -45,7 +45,9 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         None => println!("trained at       (not recorded: frames run at native resolution)"),
     }
     match info.size_rule {
-        SizeRule::Same { multiple } => println!("accepts          sides that are multiples of {multiple}"),
+        SizeRule::Same { multiple } => {
+            println!("accepts          sides that are multiples of {multiple}")
+        }
         SizeRule::Valid { depth } => println!(
             "accepts          `valid` sizes (depth {depth}, {} px lost per side)",
             info.size_rule.margin()
@@ -57,9 +59,16 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         pre.channel_order,
         pre.mean,
         pre.std,
-        if info.normalize_in_graph { " (in the graph)" } else { "" }
+        if info.normalize_in_graph {
+            " (in the graph)"
+        } else {
+            ""
+        }
     );
-    println!("head             {}, threshold {}", info.head, pre.threshold);
+    println!(
+        "head             {}, threshold {}",
+        info.head, pre.threshold
+    );
     println!("classes          {:?}", pre.class_names);
     match &info.provenance {
         Some(p) => {

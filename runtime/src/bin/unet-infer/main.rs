@@ -147,7 +147,11 @@ pub fn parse_threads(s: &str) -> Result<usize, String> {
 }
 
 /// Loads the model with the fit, tiling and back end the flags ask for.
-pub fn load_segmenter(model: &std::path::Path, fit: &FitArgs, b: &BackendArgs) -> Result<Segmenter> {
+pub fn load_segmenter(
+    model: &std::path::Path,
+    fit: &FitArgs,
+    b: &BackendArgs,
+) -> Result<Segmenter> {
     let options = SegmenterOptions {
         session: SessionOptions {
             threads: b.threads,

@@ -56,10 +56,19 @@ pub fn run(args: &SegmentArgs, quiet: bool) -> Result<()> {
     let mut segmenter = load_segmenter(model, &args.fit, &args.backend)?;
     if !quiet {
         let how = match segmenter.resize_geometry() {
-            Some(g) => format!("frames resized to {}x{} ({})", g.width, g.height, g.resize.as_str()),
+            Some(g) => format!(
+                "frames resized to {}x{} ({})",
+                g.width,
+                g.height,
+                g.resize.as_str()
+            ),
             None => "native resolution".to_string(),
         };
-        eprintln!("{}: {}, {how}", model.display(), segmenter.session().provider());
+        eprintln!(
+            "{}: {}, {how}",
+            model.display(),
+            segmenter.session().provider()
+        );
     }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
