@@ -111,7 +111,7 @@ impl Preprocessing {
         if self.mean.iter().any(|m| !m.is_finite()) {
             return bad("mean must be finite".into());
         }
-        validate_threshold(self.threshold).or_else(|reason| bad(reason))?;
+        validate_threshold(self.threshold).or_else(bad)?;
         if self.channel_order == ChannelOrder::Gray && in_channels != 1 {
             return bad(format!(
                 "channel_order gray with {in_channels} input channels"

@@ -165,6 +165,7 @@ pub fn resample(src: &Planar, width: usize, height: usize, filter: Filter) -> Pl
 }
 
 #[cfg(test)]
+#[allow(clippy::excessive_precision)] // PIL's values as printed
 mod tests {
     use super::*;
 
