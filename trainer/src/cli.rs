@@ -219,8 +219,9 @@ pub struct TrainArgs {
     /// CUDA; on the CPU the casts around the f32 kernels make them slower than f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
-    /// Compute threads (default: all cores); same seed + same threads = same run.
-    #[arg(long)]
+    /// Compute threads (default: all cores, at most 4 per core); same seed +
+    /// same threads = same run.
+    #[arg(long, value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Data-loading worker threads (0 = load on the training thread).
     #[arg(long, default_value_t = defaults::WORKERS)]
@@ -294,6 +295,18 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
 /// `90s`, `5m`, `1h30m`, `2h 15m` (humantime's syntax).
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 90s, 5m, 1h30m)"))
+}
+
+/// More threads than 4 per core only adds contention; 100 000 hangs the machine.
+fn parse_threads(s: &str) -> Result<usize, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match s.parse::<usize>() {
+        Ok(n) if (1..=4 * cores).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}`: threads must be between 1 and {} (4 x the {cores} cores here)",
+            4 * cores
+        )),
+    }
 }
 
 /// `--image-size`: the spelling every tool shares (`unet_spec::size`).
