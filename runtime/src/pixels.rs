@@ -198,6 +198,7 @@ pub fn rgb8_to_gray8(rgb: &[u8], out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)] // tests fail loudly
 mod tests {
     use super::*;
 

@@ -51,7 +51,7 @@ impl Drop for Handle {
 
 fn create_with(path: &Path, options: &UnetOptions) -> Result<Handle, (UnetStatus, String)> {
     let c = CString::new(path.to_str().expect("utf-8 path")).expect("no NUL");
-    let mut seg = 0x1 as *mut UnetSegmenter;
+    let mut seg = std::ptr::dangling_mut::<UnetSegmenter>();
     let st = unsafe { unet_segmenter_create_with(c.as_ptr(), options, &mut seg) };
     if st == UnetStatus::Ok {
         assert!(!seg.is_null());
@@ -544,7 +544,7 @@ fn create_from_memory() {
     let path = data("color.onnx");
     let from_file = create(&path);
     let mut bytes = std::fs::read(&path).expect("model");
-    let mut seg = 0x1 as *mut UnetSegmenter;
+    let mut seg = std::ptr::dangling_mut::<UnetSegmenter>();
     let st = unsafe {
         unet_segmenter_create_from_memory(bytes.as_ptr(), bytes.len(), &options(), &mut seg)
     };
@@ -566,7 +566,7 @@ fn create_from_memory() {
     assert_eq!(unsafe { CStr::from_ptr(name) }.to_str(), Ok("foreground"));
 
     let load = |data: *const u8, len: usize, options: *const UnetOptions| {
-        let mut seg = 0x1 as *mut UnetSegmenter;
+        let mut seg = std::ptr::dangling_mut::<UnetSegmenter>();
         let st = unsafe { unet_segmenter_create_from_memory(data, len, options, &mut seg) };
         assert!(seg.is_null());
         (st, last_error())
@@ -708,7 +708,7 @@ fn classes_of_a_file_without_config_come_from_the_first_frame() {
         UnetStatus::Ok
     );
     assert_eq!(classes, 1);
-    let mut name: *const c_char = 0x1 as *const c_char;
+    let mut name: *const c_char = std::ptr::dangling::<c_char>();
     assert_eq!(
         unsafe { unet_segmenter_class_name(handle.0, 0, &mut name) },
         UnetStatus::Ok
