@@ -7,8 +7,9 @@ export CARGO_TERM_COLOR=never
 # ONNX Runtime is loaded at run time (load-dynamic): CI tests both back ends.
 features="unet-runtime/ort,unet-exporter/ort"
 
-if ! command -v cc >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
+if ! command -v cc >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1; then
+  # pkg-config: the C smoke test builds against runtime/unet_runtime.pc.in.
+  apt-get update -qq && apt-get install -y -qq build-essential pkg-config >/dev/null
 fi
 ORT_DYLIB_PATH="$(bash ci/setup-python.sh)"
 export ORT_DYLIB_PATH

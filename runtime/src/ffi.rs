@@ -5,23 +5,39 @@
 //! [`unet_last_error`]; handles are opaque and come out through
 //! out-parameters; [`unet_segmenter_destroy`] nulls the caller's pointer. No
 //! panic crosses the boundary: every entry point runs under `catch_unwind`.
-//! A handle may be moved between threads but not used by two at once.
+//!
+//! Values a C caller chooses never become Rust enums unchecked: backends,
+//! pixel formats and fits cross as `int32_t` and are validated here (an
+//! out-of-range Rust enum would be undefined behaviour), and [`UnetOptions`]
+//! is copied by its `struct_size`, so the struct can grow.
+//!
+//! Threads: a handle may be shared. Calls on one handle serialise on its lock
+//! (each returns its own frame's result); use one handle per thread to run
+//! frames in parallel.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::error::{panic_message, ErrorKind, RuntimeError};
-use crate::segment::{ImageView, PixelFormat, Segmenter, SegmenterOptions};
-use crate::session::{Backend, Ep, SessionOptions};
+use crate::pixels::{self, CameraFormat};
+use crate::segment::{ImageView, PixelFormat, Segmenter};
+use crate::session::Session;
+
+mod options;
+pub use options::*;
+use options::{configure, read_options};
 
 /// Result of every `unet_` call.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnetStatus {
     Ok = 0,
-    /// A null pointer, a bad enum value, a buffer too small.
+    /// A null pointer, an unknown enum value, a buffer too small, an option
+    /// out of range.
     InvalidArgument = 1,
     /// The model file could not be read.
     Io = 2,
@@ -33,56 +49,61 @@ pub enum UnetStatus {
     InvalidInput = 5,
     /// The back end failed while running.
     Inference = 6,
-    /// The back end is not compiled in, or ONNX Runtime's library is missing.
+    /// The back end is not compiled in, ONNX Runtime's library is missing,
+    /// or (with `require_backend`) the requested provider is not available.
     BackendUnavailable = 7,
     /// A panic was caught; the handle should be destroyed.
     Internal = 8,
 }
 
-/// Which engine runs the model.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnetBackend {
-    /// ONNX Runtime (CPU) when its library is found, else tract.
-    Auto = 0,
-    Tract = 1,
-    OrtCpu = 2,
-    OrtCuda = 3,
-    OrtTensorrt = 4,
-}
+/// Layout of the caller's pixel buffer: one of the `UNET_PIXEL_FORMAT_` values.
+pub type UnetPixelFormat = i32;
+pub const UNET_PIXEL_FORMAT_RGB8: UnetPixelFormat = 0;
+pub const UNET_PIXEL_FORMAT_BGR8: UnetPixelFormat = 1;
+/// For 1-channel models.
+pub const UNET_PIXEL_FORMAT_GRAY8: UnetPixelFormat = 2;
+/// 4 bytes a pixel, alpha ignored.
+pub const UNET_PIXEL_FORMAT_RGBA8: UnetPixelFormat = 3;
+/// 4 bytes a pixel, alpha ignored.
+pub const UNET_PIXEL_FORMAT_BGRA8: UnetPixelFormat = 4;
+/// One buffer: the Y plane (`height` rows of `stride` bytes), then at
+/// `stride * height` the interleaved U V plane (`height / 2` rows of
+/// `stride` bytes). Even width and height. YUV is BT.601 limited range.
+pub const UNET_PIXEL_FORMAT_NV12: UnetPixelFormat = 5;
+/// YUY2: `Y0 U Y1 V` for each pair of pixels; even width; BT.601 limited range.
+pub const UNET_PIXEL_FORMAT_YUYV: UnetPixelFormat = 6;
+/// `U Y0 V Y1` for each pair of pixels; even width; BT.601 limited range.
+pub const UNET_PIXEL_FORMAT_UYVY: UnetPixelFormat = 7;
 
-/// Layout of one pixel in the caller's buffer.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnetPixelFormat {
-    Rgb8 = 0,
-    Bgr8 = 1,
-    Gray8 = 2,
-}
-
-/// Options for [`unet_segmenter_create_with`]; start from [`unet_options_default`].
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct UnetOptions {
-    pub backend: UnetBackend,
-    /// Intra-op threads (default 2).
-    pub threads: u32,
-    /// CUDA / TensorRT device.
-    pub device: i32,
-    /// TensorRT: build fp16 engines.
-    pub fp16: bool,
-    /// Overrides the threshold from the model's metadata when >= 0.
-    pub threshold: f32,
-    /// Overlap-tile inference when > 0: tile size in pixels.
-    pub tile: u32,
-    /// Overlap of neighbouring tiles in pixels.
-    pub overlap: u32,
-}
-
-/// A loaded model. Opaque.
+/// A loaded model. Opaque. It may be shared between threads: calls on one
+/// handle take turns on its lock, each returning its own frame's result
+/// (create one handle per thread to run frames in parallel).
+/// `unet_segmenter_destroy` must not overlap any other call on the handle.
 pub struct UnetSegmenter {
-    segmenter: Segmenter,
+    /// Serialises calls: the segmenter keeps per-shape plans and buffers.
+    state: Mutex<State>,
     provider: CString,
+    class_names: Vec<CString>,
+    threshold: f32,
+    input_channels: usize,
+    /// The training geometry (width, height); 0x0 when the file records none.
+    input_size: (usize, usize),
+    /// From the config, or from the last frame for files without one.
+    classes: AtomicUsize,
+}
+
+// The lock makes a handle shareable only if what it guards may move
+// between threads.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<UnetSegmenter>();
+};
+
+struct State {
+    segmenter: Segmenter,
+    /// Frames converted from camera formats, kept across frames.
+    rgb: Vec<u8>,
+    gray: Vec<u8>,
 }
 
 thread_local! {
@@ -131,23 +152,66 @@ fn fail(e: RuntimeError) -> UnetStatus {
     status
 }
 
-/// Default options: automatic back end, 2 threads, device 0, no fp16,
-/// threshold from the model, no tiling.
-#[no_mangle]
-pub extern "C" fn unet_options_default() -> UnetOptions {
-    UnetOptions {
-        backend: UnetBackend::Auto,
-        threads: 2,
-        device: 0,
-        fp16: false,
-        threshold: -1.0,
-        tile: 0,
-        overlap: 0,
-    }
+/// Where `create` loads from.
+enum Model<'a> {
+    File(&'a Path),
+    Memory(&'a [u8]),
 }
 
-/// Loads `model_path` (UTF-8, NUL-terminated) on `backend` with default
-/// options; on success `*out` owns the new handle.
+/// The shared body of the `unet_segmenter_create*` functions.
+///
+/// # Safety
+/// `options` non-null and readable; `out` non-null and writable.
+unsafe fn create(
+    model: Model<'_>,
+    options: *const UnetOptions,
+    out: *mut *mut UnetSegmenter,
+) -> Result<(), UnetStatus> {
+    let o = unsafe { read_options(options) }?;
+    let (backend, options, required) = configure(&o)?;
+    let session = match model {
+        Model::File(path) => Session::from_file_with(path, backend, &options.session),
+        Model::Memory(bytes) => Session::from_bytes(bytes, backend, &options.session),
+    }
+    .map_err(fail)?;
+    let segmenter = Segmenter::from_session(session, options).map_err(fail)?;
+    let provider = segmenter.session().provider().to_string();
+    if let Some(required) = required.filter(|&r| r != provider) {
+        return Err(fail(RuntimeError::OrtUnavailable {
+            reason: format!("{required} was required (require_backend) but {provider} would run"),
+        }));
+    }
+    let info = segmenter.info();
+    let class_names = info
+        .preprocessing
+        .class_names
+        .iter()
+        .map(|n| CString::new(n.replace('\0', " ")).unwrap_or_default())
+        .collect();
+    let handle = Box::new(UnetSegmenter {
+        provider: CString::new(provider).unwrap_or_default(),
+        class_names,
+        threshold: info.preprocessing.threshold,
+        input_channels: info.in_channels,
+        input_size: info
+            .input_geometry
+            .as_ref()
+            .map_or((0, 0), |g| (g.width, g.height)),
+        classes: AtomicUsize::new(info.out_channels.unwrap_or(1)),
+        state: Mutex::new(State {
+            segmenter,
+            rgb: Vec::new(),
+            gray: Vec::new(),
+        }),
+    });
+    // SAFETY: checked non-null by the caller of `create`.
+    unsafe { *out = Box::into_raw(handle) };
+    Ok(())
+}
+
+/// Loads `model_path` (UTF-8, NUL-terminated) on `backend` (a
+/// `UNET_BACKEND_` value) with default options; on success `*out` owns the
+/// new handle, else `*out` is null.
 ///
 /// # Safety
 /// `model_path` must be NUL-terminated; `out` must be valid for a write.
@@ -164,10 +228,12 @@ pub unsafe extern "C" fn unet_segmenter_create(
     unsafe { unet_segmenter_create_with(model_path, &options, out) }
 }
 
-/// Loads `model_path` with `options` (see [`unet_options_default`]).
+/// Loads `model_path` with `options` (from `unet_options_default()`, then
+/// changed); on success `*out` owns the new handle, else `*out` is null.
 ///
 /// # Safety
-/// `model_path` must be NUL-terminated; `options` readable; `out` writable.
+/// `model_path` must be NUL-terminated; `options` readable for its
+/// `struct_size` bytes; `out` writable.
 #[no_mangle]
 pub unsafe extern "C" fn unet_segmenter_create_with(
     model_path: *const c_char,
@@ -175,65 +241,154 @@ pub unsafe extern "C" fn unet_segmenter_create_with(
     out: *mut *mut UnetSegmenter,
 ) -> UnetStatus {
     entry(|| {
-        if model_path.is_null() || options.is_null() || out.is_null() {
-            return Err(invalid("model_path, options and out must not be null"));
+        if out.is_null() {
+            return Err(invalid("out must not be null"));
         }
         // SAFETY: checked non-null; the caller guarantees validity.
         unsafe { *out = std::ptr::null_mut() };
+        if model_path.is_null() || options.is_null() {
+            return Err(invalid("model_path and options must not be null"));
+        }
         let path = unsafe { CStr::from_ptr(model_path) }
             .to_str()
             .map_err(|_| invalid("model_path is not UTF-8"))?;
-        let o = unsafe { *options };
-        let backend = match o.backend as i32 {
-            0 => Backend::Auto,
-            1 => Backend::Tract,
-            2 => Backend::Ort(Ep::Cpu),
-            3 => Backend::Ort(Ep::Cuda { device: o.device }),
-            4 => Backend::Ort(Ep::TensorRt {
-                fp16: o.fp16,
-                cache_dir: None,
-            }),
-            _ => return Err(invalid("unknown backend value")),
-        };
-        let options = SegmenterOptions {
-            session: SessionOptions {
-                threads: o.threads.max(1) as usize,
-                ..SessionOptions::default()
-            },
-            threshold: (o.threshold >= 0.0).then_some(o.threshold),
-            tiling: (o.tile > 0).then_some(crate::Tiling {
-                tile: o.tile as usize,
-                overlap: o.overlap as usize,
-            }),
-            ..SegmenterOptions::default()
-        };
-        let segmenter =
-            Segmenter::from_file_with(PathBuf::from(path), backend, options).map_err(fail)?;
-        let provider = CString::new(segmenter.session().provider()).unwrap_or_default();
-        let handle = Box::new(UnetSegmenter {
-            segmenter,
-            provider,
-        });
-        unsafe { *out = Box::into_raw(handle) };
-        Ok(())
+        unsafe { create(Model::File(Path::new(path)), options, out) }
     })
 }
 
-/// Segments a `width` x `height` image whose rows are `stride` bytes apart.
-/// Writes `width * height` mask bytes (0/1 for binary models, the class
-/// index otherwise) to `mask`, and if `probabilities` is not null,
-/// `classes * width * height` floats (`[class][y][x]`, see
-/// [`unet_segmenter_classes`]). The pixel format's channel count must be the
-/// model's.
+/// Loads a model from the `model_len` bytes at `model` (an ONNX file held in
+/// memory, with its weights inside: no external data), with `options`. The
+/// bytes are not needed after the call returns.
 ///
 /// # Safety
-/// `pixels` must hold `stride * (height - 1) + width * channels` bytes;
-/// `mask` `mask_len` bytes; `probabilities` (if not null) `probabilities_len` floats.
+/// `model` readable for `model_len` bytes; `options` readable for its
+/// `struct_size` bytes; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn unet_segmenter_create_from_memory(
+    model: *const u8,
+    model_len: usize,
+    options: *const UnetOptions,
+    out: *mut *mut UnetSegmenter,
+) -> UnetStatus {
+    entry(|| {
+        if out.is_null() {
+            return Err(invalid("out must not be null"));
+        }
+        // SAFETY: checked non-null; the caller guarantees validity.
+        unsafe { *out = std::ptr::null_mut() };
+        if model.is_null() || options.is_null() {
+            return Err(invalid("model and options must not be null"));
+        }
+        if model_len == 0 {
+            return Err(invalid("model_len is 0"));
+        }
+        let bytes = unsafe { std::slice::from_raw_parts(model, model_len) };
+        unsafe { create(Model::Memory(bytes), options, out) }
+    })
+}
+
+/// A caller's pixel layout: one the segmenter reads directly, or a camera
+/// format converted to RGB first.
+#[derive(Clone, Copy)]
+enum Layout {
+    Direct(PixelFormat),
+    Camera(CameraFormat),
+}
+
+fn layout(format: UnetPixelFormat) -> Result<Layout, UnetStatus> {
+    Ok(match format {
+        UNET_PIXEL_FORMAT_RGB8 => Layout::Direct(PixelFormat::Rgb8),
+        UNET_PIXEL_FORMAT_BGR8 => Layout::Direct(PixelFormat::Bgr8),
+        UNET_PIXEL_FORMAT_GRAY8 => Layout::Direct(PixelFormat::Gray8),
+        UNET_PIXEL_FORMAT_RGBA8 => Layout::Camera(CameraFormat::Rgba8),
+        UNET_PIXEL_FORMAT_BGRA8 => Layout::Camera(CameraFormat::Bgra8),
+        UNET_PIXEL_FORMAT_NV12 => Layout::Camera(CameraFormat::Nv12),
+        UNET_PIXEL_FORMAT_YUYV => Layout::Camera(CameraFormat::Yuyv),
+        UNET_PIXEL_FORMAT_UYVY => Layout::Camera(CameraFormat::Uyvy),
+        f => {
+            return Err(invalid(&format!(
+                "pixel format {f} is not a UNET_PIXEL_FORMAT_ value (0..=7)"
+            )))
+        }
+    })
+}
+
+impl Layout {
+    /// Bytes a frame of this geometry occupies, or why it is impossible.
+    fn required_len(self, width: usize, height: usize, stride: usize) -> crate::Result<usize> {
+        match self {
+            Layout::Direct(f) => pixels::packed_len(width, height, stride, f.channels()),
+            Layout::Camera(f) => f.required_len(width, height, stride),
+        }
+    }
+}
+
+impl UnetSegmenter {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, UnetStatus> {
+        self.state.lock().map_err(|_| {
+            set_error("an earlier call on this handle panicked; destroy it".into());
+            UnetStatus::Internal
+        })
+    }
+}
+
+/// Segments one frame and records the class count it had.
+fn run(
+    handle: &UnetSegmenter,
+    state: &mut State,
+    data: &[u8],
+    width: usize,
+    height: usize,
+    stride: usize,
+    layout: Layout,
+) -> Result<crate::Segmentation, UnetStatus> {
+    let State {
+        segmenter,
+        rgb,
+        gray,
+    } = state;
+    let view = match layout {
+        Layout::Direct(format) => ImageView::new(data, width, height, stride, format),
+        Layout::Camera(format) => {
+            pixels::to_rgb8(data, width, height, stride, format, rgb).map_err(fail)?;
+            if handle.input_channels == 1 {
+                pixels::rgb8_to_gray8(rgb, gray);
+                ImageView::new(gray, width, height, width, PixelFormat::Gray8)
+            } else {
+                ImageView::new(rgb, width, height, 3 * width, PixelFormat::Rgb8)
+            }
+        }
+    }
+    .map_err(fail)?;
+    let seg = segmenter.segment_buffer(&view).map_err(fail)?;
+    handle.classes.store(seg.classes, Ordering::Relaxed);
+    Ok(seg)
+}
+
+/// Segments a `width` x `height` frame of `format` whose rows are `stride`
+/// bytes apart, from the `pixels_len` bytes at `pixels`. Writes
+/// `width * height` mask bytes (0/1 for binary models, the class index
+/// otherwise) to `mask`, and if `probabilities` is not null,
+/// `classes * width * height` floats (`[class][y][x]`, see
+/// `unet_segmenter_classes`). RGB8/BGR8/GRAY8 must match the model's
+/// channels; camera formats are converted to what the model takes.
+///
+/// The frame must lie inside the buffer: `stride * (rows - 1) + row bytes <=
+/// pixels_len` (rows: `height`, or `height * 3 / 2` for NV12), else
+/// `UNET_STATUS_INVALID_ARGUMENT`. A geometry the format cannot have (empty,
+/// odd width for YUYV, stride shorter than a row) is `UNET_STATUS_INVALID_INPUT`.
+///
+/// Safe to call from several threads on one handle: the calls take turns.
+///
+/// # Safety
+/// `pixels` readable for `pixels_len` bytes; `mask` writable for `mask_len`
+/// bytes; `probabilities` (if not null) for `probabilities_len` floats.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn unet_segmenter_segment(
     segmenter: *mut UnetSegmenter,
     pixels: *const u8,
+    pixels_len: usize,
     width: usize,
     height: usize,
     stride: usize,
@@ -247,33 +402,27 @@ pub unsafe extern "C" fn unet_segmenter_segment(
         if segmenter.is_null() || pixels.is_null() || mask.is_null() {
             return Err(invalid("segmenter, pixels and mask must not be null"));
         }
-        let format = match format as i32 {
-            0 => PixelFormat::Rgb8,
-            1 => PixelFormat::Bgr8,
-            2 => PixelFormat::Gray8,
-            _ => return Err(invalid("unknown pixel format")),
-        };
-        let plane = width
-            .checked_mul(height)
-            .ok_or_else(|| invalid("width * height overflows"))?;
+        let layout = layout(format)?;
+        let needed = layout.required_len(width, height, stride).map_err(fail)?;
+        if pixels_len < needed {
+            return Err(invalid(&format!(
+                "pixels holds {pixels_len} bytes; a {width}x{height} frame with stride {stride} \
+                 needs {needed}"
+            )));
+        }
+        let plane = width * height; // cannot overflow: required_len checked it
         if mask_len < plane {
             return Err(invalid(&format!(
                 "mask holds {mask_len} bytes, the image needs {plane}"
             )));
         }
-        let len = if width == 0 || height == 0 {
-            0
-        } else {
-            stride
-                .checked_mul(height - 1)
-                .and_then(|n| n.checked_add(width * format.channels()))
-                .ok_or_else(|| invalid("stride * height overflows"))?
+        // SAFETY: non-null, and the caller guarantees `pixels_len` readable bytes.
+        let data = unsafe { std::slice::from_raw_parts(pixels, needed) };
+        let handle = unsafe { &*segmenter };
+        let seg = {
+            let mut state = handle.lock()?;
+            run(handle, &mut state, data, width, height, stride, layout)?
         };
-        // SAFETY: non-null, the caller guarantees `len` readable bytes.
-        let data = unsafe { std::slice::from_raw_parts(pixels, len) };
-        let handle = unsafe { &mut *segmenter };
-        let view = ImageView::new(data, width, height, stride, format).map_err(fail)?;
-        let seg = handle.segmenter.segment_buffer(&view).map_err(fail)?;
         if !probabilities.is_null() && probabilities_len < seg.probabilities.len() {
             return Err(invalid(&format!(
                 "probabilities holds {probabilities_len} floats, the result has {}",
@@ -295,8 +444,56 @@ pub unsafe extern "C" fn unet_segmenter_segment(
     })
 }
 
+/// Runs one blank `width` x `height` frame, so that the first real frame of
+/// that size does not pay for planning the graph (tract) or building the
+/// engine (TensorRT).
+///
+/// # Safety
+/// `segmenter` must come from `unet_segmenter_create*`.
+#[no_mangle]
+pub unsafe extern "C" fn unet_segmenter_warmup(
+    segmenter: *mut UnetSegmenter,
+    width: usize,
+    height: usize,
+) -> UnetStatus {
+    entry(|| {
+        if segmenter.is_null() {
+            return Err(invalid("segmenter must not be null"));
+        }
+        let handle = unsafe { &*segmenter };
+        let (format, channels) = match handle.input_channels {
+            1 => (PixelFormat::Gray8, 1),
+            _ => (PixelFormat::Rgb8, 3),
+        };
+        let row = width.saturating_mul(channels);
+        let len = pixels::packed_len(width, height, row, channels).map_err(fail)?;
+        let mut blank = Vec::new();
+        blank
+            .try_reserve_exact(len)
+            .map_err(|_| invalid(&format!("cannot allocate a {width}x{height} warm-up frame")))?;
+        blank.resize(len, 0u8);
+        let mut state = handle.lock()?;
+        let layout = Layout::Direct(format);
+        run(handle, &mut state, &blank, width, height, row, layout)?;
+        Ok(())
+    })
+}
+
+/// Checks the handle and out-pointers of a query.
+fn query<'a>(
+    segmenter: *const UnetSegmenter,
+    outs: &[bool],
+) -> Result<&'a UnetSegmenter, UnetStatus> {
+    if segmenter.is_null() || outs.iter().any(|&null| null) {
+        return Err(invalid("segmenter and the out pointers must not be null"));
+    }
+    // SAFETY: non-null; the caller guarantees it came from create.
+    Ok(unsafe { &*segmenter })
+}
+
 /// Output classes (1 for a binary model): probabilities take
-/// `classes * width * height` floats.
+/// `classes * width * height` floats. For a file without `unet.config`
+/// metadata, known after the first frame (or warm-up).
 ///
 /// # Safety
 /// `segmenter` must come from `unet_segmenter_create*`; `out` writable.
@@ -306,12 +503,81 @@ pub unsafe extern "C" fn unet_segmenter_classes(
     out: *mut usize,
 ) -> UnetStatus {
     entry(|| {
-        if segmenter.is_null() || out.is_null() {
-            return Err(invalid("segmenter and out must not be null"));
+        let handle = query(segmenter, &[out.is_null()])?;
+        unsafe { *out = handle.classes.load(Ordering::Relaxed) };
+        Ok(())
+    })
+}
+
+/// The name of class `index` (< `unet_segmenter_classes`) as the model file
+/// records it, or null when it records none; the string lives as long as
+/// the handle. An index past the classes is `UNET_STATUS_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `segmenter` must come from `unet_segmenter_create*`; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn unet_segmenter_class_name(
+    segmenter: *const UnetSegmenter,
+    index: usize,
+    out: *mut *const c_char,
+) -> UnetStatus {
+    entry(|| {
+        let handle = query(segmenter, &[out.is_null()])?;
+        let classes = handle.classes.load(Ordering::Relaxed);
+        if index >= classes.max(handle.class_names.len()) {
+            return Err(invalid(&format!(
+                "class index {index}: the model has {classes} class(es)"
+            )));
         }
-        let info = unsafe { &*segmenter }.segmenter.info();
-        let classes = info.out_channels.unwrap_or(1);
-        unsafe { *out = classes };
+        let name = handle
+            .class_names
+            .get(index)
+            .map_or(std::ptr::null(), |n| n.as_ptr());
+        unsafe { *out = name };
+        Ok(())
+    })
+}
+
+/// The probability above which a binary model's pixel is foreground: the
+/// model's, or `options.threshold` when it was set.
+///
+/// # Safety
+/// `segmenter` must come from `unet_segmenter_create*`; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn unet_segmenter_threshold(
+    segmenter: *const UnetSegmenter,
+    out: *mut f32,
+) -> UnetStatus {
+    entry(|| {
+        let handle = query(segmenter, &[out.is_null()])?;
+        unsafe { *out = handle.threshold };
+        Ok(())
+    })
+}
+
+/// The model's input: `channels` (1 or 3) and the frame size it was trained
+/// at, or 0 x 0 when the file does not record one (any size is accepted and
+/// padded to what the network takes).
+///
+/// # Safety
+/// `segmenter` must come from `unet_segmenter_create*`; the outs writable.
+#[no_mangle]
+pub unsafe extern "C" fn unet_segmenter_input_size(
+    segmenter: *const UnetSegmenter,
+    width: *mut usize,
+    height: *mut usize,
+    channels: *mut usize,
+) -> UnetStatus {
+    entry(|| {
+        let handle = query(
+            segmenter,
+            &[width.is_null(), height.is_null(), channels.is_null()],
+        )?;
+        unsafe {
+            *width = handle.input_size.0;
+            *height = handle.input_size.1;
+            *channels = handle.input_channels;
+        }
         Ok(())
     })
 }
@@ -327,15 +593,14 @@ pub unsafe extern "C" fn unet_segmenter_provider(
     out: *mut *const c_char,
 ) -> UnetStatus {
     entry(|| {
-        if segmenter.is_null() || out.is_null() {
-            return Err(invalid("segmenter and out must not be null"));
-        }
-        unsafe { *out = (*segmenter).provider.as_ptr() };
+        let handle = query(segmenter, &[out.is_null()])?;
+        unsafe { *out = handle.provider.as_ptr() };
         Ok(())
     })
 }
 
 /// Frees the handle and sets `*segmenter` to null; a null handle is a no-op.
+/// No other call may be using the handle.
 ///
 /// # Safety
 /// `segmenter` must be null or point to a handle from `unet_segmenter_create*`

@@ -9,7 +9,8 @@
 //!   geometry the model was trained at with the trainer's own resampler;
 //!   post-processing (sigmoid/softmax, threshold/argmax); overlap-tile
 //!   inference at native resolution for large frames.
-//! - [`ffi`]: the C ABI (`include/unet_runtime.h`).
+//! - [`ffi`]: the C ABI (`include/unet_runtime.h`); [`pixels`]: camera
+//!   formats (RGBA, NV12, YUYV, ...) converted to RGB for it.
 //! - [`set_memory_policy`]: keep freed memory for the next frame, or return it.
 //!
 //! Tensors are NCHW throughout.
@@ -20,6 +21,7 @@ mod error;
 pub mod ffi;
 mod memory;
 mod options;
+pub mod pixels;
 pub mod segment;
 mod session;
 mod tensor;

@@ -56,6 +56,27 @@ impl Session {
         })
     }
 
+    /// Loads a model held in memory (firmware images carry it in flash);
+    /// errors name it `<memory>`. Tract only: see [`backend::load_bytes`].
+    pub fn from_bytes(bytes: &[u8], backend: Backend, options: &SessionOptions) -> Result<Session> {
+        let path = PathBuf::from("<memory>");
+        if options.threads == 0 {
+            return Err(RuntimeError::BadOption {
+                option: "threads",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let loaded = guard("model loading", || {
+            backend::load_bytes(&path, bytes, backend, options)
+        })?;
+        Ok(Session {
+            engine: loaded.engine,
+            path,
+            metadata: loaded.metadata,
+            input_dims: loaded.input_dims,
+        })
+    }
+
     /// Runs the graph on `input` and returns its first output unchanged.
     /// `input` must match every dimension the file fixes ([`Self::input_dims`]).
     pub fn run(&mut self, input: &Tensor4) -> Result<Tensor4> {

@@ -123,6 +123,36 @@ pub(crate) fn load(path: &Path, backend: Backend, options: &SessionOptions) -> R
     }
 }
 
+/// Loads a model held in memory; `label` names it in errors. Only tract
+/// reads a buffer: ONNX Runtime sessions here are built from a path (TensorRT
+/// rebuilds them per input shape), so [`Backend::Auto`] means tract.
+pub(crate) fn load_bytes(
+    label: &Path,
+    bytes: &[u8],
+    backend: Backend,
+    options: &SessionOptions,
+) -> Result<Loaded> {
+    match backend {
+        #[cfg(feature = "tract")]
+        Backend::Auto | Backend::Tract => {
+            let (engine, metadata, declared) =
+                tract::TractSession::load_bytes(label, bytes, None, options)?;
+            Ok(Loaded {
+                input_dims: declared.check(label)?,
+                engine: Box::new(engine),
+                metadata,
+            })
+        }
+        #[cfg(not(feature = "tract"))]
+        Backend::Auto | Backend::Tract => Err(RuntimeError::NotCompiled { backend: "tract" }),
+        Backend::Ort(_) => Err(RuntimeError::OrtUnavailable {
+            reason: "a model in memory loads on tract only; \
+                     load the file by path for ONNX Runtime"
+                .into(),
+        }),
+    }
+}
+
 /// ONNX Runtime on CPU when its library is found and loads, else tract.
 fn auto(options: &SessionOptions) -> Backend {
     #[cfg(feature = "ort")]

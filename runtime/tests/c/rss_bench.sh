@@ -10,5 +10,5 @@ target="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 cc -O2 -std=c99 -D_POSIX_C_SOURCE=200809L -o "$out/rss_loop" "$root/runtime/tests/c/rss_loop.c" \
-  -I "$root/runtime/include" "$target/release/libunet_runtime.a" -lpthread -ldl -lm
+  -I "$root/runtime/include" "$target/release/libunet_runtime.a" -lpthread -ldl -lm -Wl,-z,noexecstack
 "$out/rss_loop" "$model" "$@"

@@ -35,8 +35,8 @@ int main(int argc, char **argv) {
     long every = frames >= 10 ? frames / 10 : 1, first = 0;
     for (long i = 0; i < frames; i++) {
         for (size_t p = 0; p < w * h * 3; p++) rgb[p] = (unsigned char)(p * 7 + i);
-        if (unet_segmenter_segment(seg, rgb, w, h, w * 3, UNET_PIXEL_FORMAT_RGB8, mask, w * h,
-                                   NULL, 0) != UNET_STATUS_OK) {
+        if (unet_segmenter_segment(seg, rgb, w * h * 3, w, h, w * 3, UNET_PIXEL_FORMAT_RGB8, mask,
+                                   w * h, NULL, 0) != UNET_STATUS_OK) {
             fprintf(stderr, "frame %ld: %s\n", i, unet_last_error());
             return 1;
         }

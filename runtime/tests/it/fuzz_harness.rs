@@ -227,9 +227,9 @@ pub fn cabi(data: &[u8]) {
     let mut f = Fields(data);
     let mut options = unet_options_default();
     options.backend = if f.u8() % 2 == 0 {
-        UnetBackend::Tract
+        UNET_BACKEND_TRACT
     } else {
-        UnetBackend::Auto
+        UNET_BACKEND_AUTO
     };
     options.threads = u32::from(f.u8() % 9);
     options.threshold = f32::from_bits(f.u32());
@@ -242,13 +242,13 @@ pub fn cabi(data: &[u8]) {
     let height = usize::from(f.u16() % 300);
     let pad = usize::from(f.u8());
     let format = match f.u8() % 3 {
-        0 => UnetPixelFormat::Rgb8,
-        1 => UnetPixelFormat::Bgr8,
-        _ => UnetPixelFormat::Gray8,
+        0 => UNET_PIXEL_FORMAT_RGB8,
+        1 => UNET_PIXEL_FORMAT_BGR8,
+        _ => UNET_PIXEL_FORMAT_GRAY8,
     };
     let mask_short = usize::from(f.u8() % 4);
     let probabilities = f.u8();
-    let channels = if format == UnetPixelFormat::Gray8 {
+    let channels = if format == UNET_PIXEL_FORMAT_GRAY8 {
         1
     } else {
         3
@@ -293,6 +293,7 @@ pub fn cabi(data: &[u8]) {
             } else {
                 pixels.as_ptr()
             },
+            pixels.len(),
             width,
             height,
             stride,

@@ -1,4 +1,5 @@
-//! The committed C header is what cbindgen makes of src/ffi.rs today.
+//! The committed C header is what cbindgen makes of src/ffi.rs (and
+//! src/ffi/options.rs) today.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ fn header_is_current() {
     let bindings = cbindgen::Builder::new()
         .with_config(config)
         .with_src(root.join("src").join("ffi.rs"))
+        .with_src(root.join("src").join("ffi").join("options.rs"))
         .generate()
         .expect("cbindgen generates the header");
     let mut fresh = Vec::new();

@@ -9,6 +9,7 @@ mod c_abi;
 mod cli;
 mod common;
 mod errors;
+mod ffi;
 #[cfg(feature = "tract")]
 mod fuzz_harness;
 #[cfg(feature = "tract")]

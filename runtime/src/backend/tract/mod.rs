@@ -55,18 +55,30 @@ impl TractSession {
         path: &Path,
         options: &SessionOptions,
     ) -> Result<(TractSession, HashMap<String, String>, DeclaredInput)> {
-        isa::tune_for_this_cpu();
         // Read into memory instead of tract's mmap: a file truncated while
         // mapped would fault instead of returning an error.
         let bytes = std::fs::read(path).map_err(|reason| RuntimeError::Io {
             path: path.to_path_buf(),
             reason,
         })?;
+        Self::load_bytes(path, &bytes, path.parent(), options)
+    }
+
+    /// Loads a model already in memory; `path` only names it in errors,
+    /// `dir` is where external tensor data would be looked up (none for a
+    /// buffer).
+    pub fn load_bytes(
+        path: &Path,
+        bytes: &[u8],
+        dir: Option<&Path>,
+        options: &SessionOptions,
+    ) -> Result<(TractSession, HashMap<String, String>, DeclaredInput)> {
+        isa::tune_for_this_cpu();
         // PyTorch's dynamo exporter writes value_info tract cannot reconcile;
         // tract infers those shapes itself anyway.
         let onnx = tract_onnx::onnx().with_ignore_value_info(true);
         let proto = onnx
-            .proto_model_for_read(&mut bytes.as_slice())
+            .proto_model_for_read(&mut &*bytes)
             .map_err(|e| invalid(path, format!("cannot decode the protobuf: {e:#}")))?;
         let metadata: HashMap<String, String> = proto
             .metadata_props
@@ -74,7 +86,7 @@ impl TractSession {
             .map(|p| (p.key.clone(), p.value.clone()))
             .collect();
         check_opset(path, &proto)?;
-        let dir = path.parent().and_then(|d| d.to_str());
+        let dir = dir.and_then(|d| d.to_str());
         let parsed = onnx
             .parse(&proto, dir)
             .map_err(|e| invalid(path, format!("{e:#}")))?;
