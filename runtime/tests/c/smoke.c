@@ -286,12 +286,15 @@ int main(int argc, char **argv) {
     CHECK(unet_segmenter_destroy(&seg) == UNET_STATUS_OK);
     CHECK(unet_segmenter_destroy(NULL) == UNET_STATUS_OK);
 
-    /* The same model from memory; the buffer may go once create returns. */
+    /* The same model from memory (tract only: ONNX Runtime loads by path);
+       the buffer may go once create returns. */
+    UnetOptions memory_options = options;
+    memory_options.backend = UNET_BACKEND_TRACT;
     size_t len = 0;
     unsigned char *model = read_file(argv[1], &len);
     CHECK(model != NULL);
     if (model) {
-        st = unet_segmenter_create_from_memory(model, len, &options, &seg);
+        st = unet_segmenter_create_from_memory(model, len, &memory_options, &seg);
         CHECK(st == UNET_STATUS_OK);
         memset(model, 0, len);
         free(model);
@@ -302,7 +305,7 @@ int main(int argc, char **argv) {
     }
     unsigned char junk[64];
     memset(junk, 0x5A, sizeof junk);
-    CHECK(unet_segmenter_create_from_memory(junk, sizeof junk, &options, &seg) ==
+    CHECK(unet_segmenter_create_from_memory(junk, sizeof junk, &memory_options, &seg) ==
           UNET_STATUS_INVALID_MODEL);
     CHECK(seg == NULL);
     CHECK_INVALID(unet_segmenter_create_from_memory(NULL, 10, &options, &seg));
