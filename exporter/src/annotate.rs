@@ -6,8 +6,6 @@
 use std::path::Path;
 
 use prost::Message;
-use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
-use tract_onnx::pb::type_proto::Value as TypeValue;
 use tract_onnx::pb::ModelProto;
 use unet_models::Preprocessing;
 use unet_spec::keys::PREPROCESSING as PREPROCESSING_KEY;
@@ -57,22 +55,7 @@ pub fn annotate(path: &Path, ann: &Annotation) -> Result<ModelProto> {
         .output
         .first()
         .ok_or_else(|| not_onnx("the graph has no output".into()))?;
-    let dims: Vec<Option<i64>> = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(TypeValue::TensorType(t)) => t
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(DimValue::DimValue(v)) => Some(v),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        None => vec![],
-    };
+    let dims = crate::onnx::declared_dims(input);
     if dims.len() != 4 {
         return Err(not_onnx(format!(
             "input `{}` has rank {}, expected NCHW images",

@@ -174,3 +174,26 @@ pub fn entry(key: &str, value: &str) -> StringStringEntryProto {
         value: value.to_string(),
     }
 }
+
+/// The declared dims of a graph input or output (`None` where symbolic);
+/// empty when it declares no tensor shape.
+pub fn declared_dims(value: &ValueInfoProto) -> Vec<Option<i64>> {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
+    use tract_onnx::pb::type_proto::Value as TypeValue;
+    match value.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(TypeValue::TensorType(t)) => t
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(DimValue::DimValue(v)) => Some(v),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => vec![],
+    }
+}

@@ -20,8 +20,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use prost::Message;
-use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
-use tract_onnx::pb::type_proto::Value as TypeValue;
 use tract_onnx::pb::ModelProto;
 use unet_models::{Preprocessing, UNet};
 
@@ -92,22 +90,10 @@ pub fn read_onnx_info(path: &Path) -> Result<OnnxInfo> {
         .input
         .first()
         .ok_or_else(|| not_onnx("the graph has no input".into()))?;
-    let dims: Vec<Option<usize>> = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(TypeValue::TensorType(t)) => t
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(DimValue::DimValue(v)) if v > 0 => Some(v as usize),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        None => vec![],
-    };
+    let dims: Vec<Option<usize>> = crate::onnx::declared_dims(input)
+        .into_iter()
+        .map(|d| d.filter(|&v| v > 0).map(|v| v as usize))
+        .collect();
     if dims.len() != 4 {
         return Err(not_onnx(format!(
             "input `{}` has rank {}, expected NCHW",
