@@ -26,47 +26,8 @@ pub use unet_spec::keys;
 /// Name of the graph input.
 pub const INPUT_NAME: &str = "input";
 
-/// What the graph's output is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Head {
-    /// Raw scores `[N, C, H, W]` (output `logits`).
-    #[default]
-    Logits,
-    /// Element-wise sigmoid of the logits (output `probabilities`).
-    Sigmoid,
-    /// Softmax over the class axis (output `probabilities`).
-    Softmax,
-    /// Class index per pixel `[N, 1, H, W]` (output `labels`), as f32: ONNX
-    /// ArgMax gives int64, cast so every runtime and the C ABI read one
-    /// element type (indices are exact in f32 up to 2^24 classes).
-    Argmax,
-}
-
-impl Head {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Head::Logits => "logits",
-            Head::Sigmoid => "sigmoid",
-            Head::Softmax => "softmax",
-            Head::Argmax => "argmax",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Head> {
-        [Head::Logits, Head::Sigmoid, Head::Softmax, Head::Argmax]
-            .into_iter()
-            .find(|h| h.as_str() == s)
-    }
-
-    /// Name of the graph output.
-    pub fn output_name(self) -> &'static str {
-        match self {
-            Head::Logits => "logits",
-            Head::Sigmoid | Head::Softmax => "probabilities",
-            Head::Argmax => "labels",
-        }
-    }
-}
+/// What the graph's output is: the spec's head.
+pub use unet_spec::Head;
 
 /// The input shape of the exported graph; `None` leaves an axis symbolic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

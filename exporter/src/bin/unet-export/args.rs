@@ -102,7 +102,7 @@ pub struct ExportArgs {
     #[arg(long)]
     pub fp16: bool,
     /// Output of the graph.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = parse_head, default_value = "logits")]
     pub head: Head,
     /// Put the mean/std normalisation into the graph (input: pixels in [0, 1]).
     #[arg(long)]
@@ -196,7 +196,7 @@ pub struct GoldenArgs {
     pub format: GoldenFormat,
     /// The head of the ONNX file the outputs are meant for (not for `unet`,
     /// which stores logits and applies each file's own head).
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = parse_head, default_value = "logits")]
     pub head: Head,
     #[command(flatten)]
     pub source: ModelArgs,
@@ -248,7 +248,7 @@ pub struct AnnotateArgs {
     pub std: Vec<f32>,
     /// What the graph's output already is: raw logits, sigmoid or softmax
     /// probabilities, or argmax labels.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = parse_head, default_value = "logits")]
     pub head: Head,
     /// Height and width must be multiples of this (e.g. 32 for a 5-level encoder).
     #[arg(long)]
@@ -269,4 +269,9 @@ pub enum ChannelOrder {
     Rgb,
     Bgr,
     Gray,
+}
+
+/// `--head`: logits, sigmoid, softmax or argmax (`unet_spec::Head`).
+fn parse_head(s: &str) -> Result<Head, String> {
+    s.parse().map_err(|e: unet_spec::SpecError| e.to_string())
 }
