@@ -24,6 +24,7 @@ pub mod error;
 pub mod golden;
 pub mod import;
 pub mod lower;
+pub mod nnef;
 pub mod onnx;
 pub mod runner;
 pub mod validate;

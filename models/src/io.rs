@@ -221,26 +221,33 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         reason,
     };
+    let mut tmp = temp_file_beside(path, ".tmp-", "").map_err(io_err)?;
+    tmp.write_all(bytes).map_err(io_err)?;
+    tmp.as_file().sync_all().map_err(io_err)?;
+    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    Ok(())
+}
+
+/// A temporary file in `path`'s folder, to be renamed onto `path`: mode
+/// 0666 less the umask, as `File::create` gives (tempfile's default, 0600,
+/// would hide models in a shared folder from its other users).
+pub fn temp_file_beside(
+    path: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".tmp-");
+    builder.prefix(prefix).suffix(suffix);
     #[cfg(unix)]
     {
-        // 0666 less the umask, as `File::create` (tempfile's default, 0600,
-        // hides models in a shared folder from its other users).
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    let mut tmp = builder
-        .tempfile_in(&dir)
-        .map_err(|e| io_err(without_temp_path(e)))?;
-    tmp.write_all(bytes).map_err(io_err)?;
-    tmp.as_file().sync_all().map_err(io_err)?;
-    tmp.persist(path).map_err(|e| io_err(e.error))?;
-    Ok(())
+    builder.tempfile_in(&dir).map_err(without_temp_path)
 }
 
 /// tempfile's errors name its random temp file (twice, in their text); the

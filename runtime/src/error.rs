@@ -36,7 +36,7 @@ pub enum RuntimeError {
         path: PathBuf,
         reason: std::io::Error,
     },
-    #[error("{path} is not a usable ONNX model: {reason}")]
+    #[error("{path} is not a usable model: {reason}")]
     InvalidModel { path: PathBuf, reason: String },
     #[error("metadata `{key}` of {path} is invalid: {reason}")]
     BadMetadata {

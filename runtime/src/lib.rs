@@ -1,7 +1,8 @@
 //! Small embeddable U-Net inference.
 //!
 //! - [`Session`]: one ONNX graph on tract (pure Rust, CPU; cargo feature
-//!   `tract`, default) or ONNX Runtime (feature `ort`; the shared library is
+//!   `tract`, default; feature `nnef` also reads tract's NNEF archives, and
+//!   alone builds a runtime without the ONNX parser) or ONNX Runtime (feature `ort`; the shared library is
 //!   loaded at run time from `ORT_DYLIB_PATH` or
 //!   [`SessionOptions::ort_library`]), run on raw NCHW `f32` tensors.
 //! - [`Segmenter`]: the model's contract from its ONNX `metadata_props`
@@ -26,6 +27,7 @@ pub mod segment;
 mod session;
 mod tensor;
 
+pub use backend::is_nnef_archive;
 pub use error::{ErrorKind, Result, RuntimeError};
 pub use memory::{set_memory_policy, MemoryPolicy};
 pub use options::{ort_library, ort_library_with, Backend, Ep, SessionOptions};

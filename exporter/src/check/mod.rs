@@ -69,14 +69,21 @@ pub struct OnnxInfo {
     pub batch: Option<usize>,
     pub spatial: Option<(usize, usize)>,
     pub metadata: HashMap<String, String>,
+    /// A tract NNEF archive (`unet-export nnef`): it runs on tract only.
+    pub nnef: bool,
 }
 
-/// Reads the metadata and input shape of an ONNX file.
+/// Reads the metadata and input shape of an ONNX file, or of an NNEF
+/// archive written by `unet-export nnef`.
 pub fn read_onnx_info(path: &Path) -> Result<OnnxInfo> {
     let bytes = std::fs::read(path).map_err(|reason| ExportError::Io {
         path: path.to_path_buf(),
         reason,
     })?;
+    if unet_runtime::is_nnef_archive(&bytes) {
+        drop(bytes);
+        return read_nnef_info(path);
+    }
     let not_onnx = |reason: String| ExportError::NotOnnx {
         path: path.to_path_buf(),
         reason,
@@ -106,8 +113,26 @@ pub fn read_onnx_info(path: &Path) -> Result<OnnxInfo> {
         .iter()
         .map(|e| (e.key.clone(), e.value.clone()))
         .collect();
+    Ok(info_from(
+        metadata,
+        [dims[0], dims[1], dims[2], dims[3]],
+        false,
+    ))
+}
+
+/// [`read_onnx_info`] of an NNEF archive, read as the runtime reads it.
+fn read_nnef_info(path: &Path) -> Result<OnnxInfo> {
+    let session = Runner::Tract.open(path)?;
+    Ok(info_from(
+        session.metadata().clone(),
+        session.input_dims(),
+        true,
+    ))
+}
+
+fn info_from(metadata: HashMap<String, String>, dims: [Option<usize>; 4], nnef: bool) -> OnnxInfo {
     let flag = |key: &str| metadata.get(key).is_some_and(|v| v == "true");
-    Ok(OnnxInfo {
+    OnnxInfo {
         head: metadata
             .get(keys::HEAD)
             .and_then(|h| Head::parse(h))
@@ -117,7 +142,8 @@ pub fn read_onnx_info(path: &Path) -> Result<OnnxInfo> {
         batch: dims[0],
         spatial: dims[2].zip(dims[3]),
         metadata,
-    })
+        nnef,
+    }
 }
 
 /// Options of [`check_model`] and [`crate::golden::check_golden`].
@@ -190,11 +216,8 @@ pub fn run_cases(
 }
 
 /// Compares tract with ONNX Runtime on a file without weights (one exported
-/// elsewhere): ONNX Runtime's outputs are the reference. Inputs are sized by
-/// the file's fixed shape, else by its `unet.size_multiple` (32 if absent),
-/// and normalised with its `unet.preprocessing` (defaults if absent).
+/// elsewhere): ONNX Runtime's outputs are the reference.
 pub fn check_foreign(onnx: &Path, opts: &CheckOptions) -> Result<Report> {
-    let info = read_onnx_info(onnx)?;
     if !opts.runners.contains(&Runner::OrtCpu) {
         let why = opts
             .skipped
@@ -207,15 +230,33 @@ pub fn check_foreign(onnx: &Path, opts: &CheckOptions) -> Result<Report> {
             reason: format!("an ONNX file alone is checked against ONNX Runtime: {why}"),
         });
     }
-    let mut reference = Runner::OrtCpu.open(onnx)?;
-    let channels = reference.input_channels().unwrap_or(3);
+    check_against(onnx, Runner::OrtCpu, onnx, opts)
+}
+
+/// Runs `subject` on the back ends of `opts` other than `reference_runner`
+/// and compares it with `reference` run on `reference_runner`: an ONNX file
+/// alone against ONNX Runtime, an NNEF archive against the ONNX file it was
+/// converted from. Inputs are sized by the reference's fixed shape, else by
+/// its `unet.size_multiple` (32 if absent), and normalised with its
+/// `unet.preprocessing` (defaults if absent).
+pub fn check_against(
+    reference: &Path,
+    reference_runner: Runner,
+    subject: &Path,
+    opts: &CheckOptions,
+) -> Result<Report> {
+    let info = read_onnx_info(reference)?;
+    let subject_info = read_onnx_info(subject)?;
+    let mut reference_session = reference_runner.open(reference)?;
+    let channels = reference_session.input_channels().unwrap_or(3);
     let pre = info
         .metadata
         .get(unet_models::config::PREPROCESSING_KEY)
         .and_then(|json| Preprocessing::from_json(json).ok())
         .filter(|p| crate::validate::check_preprocessing(p, channels).is_ok())
         .unwrap_or_else(|| default_preprocessing(channels));
-    let sizes = match info.spatial {
+    // A size either file fixes (an archive may be written for one size).
+    let sizes = match subject_info.spatial.or(info.spatial) {
         Some(hw) => vec![hw],
         None => {
             let m = info
@@ -236,26 +277,44 @@ pub fn check_foreign(onnx: &Path, opts: &CheckOptions) -> Result<Report> {
         } else {
             case.input.clone()
         };
-        let out = reference.run(&input).map_err(|e| ExportError::Backend {
-            backend: Runner::OrtCpu.name().into(),
-            reason: format!("{}: {e}", case.name),
-        })?;
+        let out = reference_session
+            .run(&input)
+            .map_err(|e| ExportError::Backend {
+                backend: reference_runner.name().into(),
+                reason: format!("{}: {e}", case.name),
+            })?;
         expected.push(out);
     }
     let classes = expected.first().map_or(1, |o| o.shape[1]);
+    let same_file = reference == subject;
     let runners: Vec<Runner> = opts
         .runners
         .iter()
         .copied()
-        .filter(|&r| r != Runner::OrtCpu)
+        .filter(|&r| !(same_file && r == reference_runner))
         .collect();
     let opts = CheckOptions {
         runners,
         ..opts.clone()
     };
-    let reference = format!("{} ({})", Runner::OrtCpu.name(), reference.provider());
+    let reference = if same_file {
+        format!(
+            "{} ({})",
+            reference_runner.name(),
+            reference_session.provider()
+        )
+    } else {
+        format!("{} on {}", reference.display(), reference_runner.name())
+    };
     Ok(compare_runs(
-        &reference, onnx, &info, &pre, classes, &cases, &expected, &opts,
+        &reference,
+        subject,
+        &subject_info,
+        &pre,
+        classes,
+        &cases,
+        &expected,
+        &opts,
     ))
 }
 
@@ -293,7 +352,15 @@ fn compare_runs(
 ) -> Report {
     let tolerance = opts.tolerance.unwrap_or(Tolerance::for_fp16(info.fp16));
     let mut backends = Vec::new();
+    let mut skipped = opts.skipped.clone();
     for &runner in &opts.runners {
+        if info.nnef && runner != Runner::Tract {
+            skipped.push((
+                runner.name().into(),
+                "an NNEF archive runs on tract only".into(),
+            ));
+            continue;
+        }
         let mut report = BackendReport {
             backend: runner.name().into(),
             provider: String::new(),
@@ -343,6 +410,6 @@ fn compare_runs(
         reference: reference.into(),
         tolerance,
         backends,
-        skipped: opts.skipped.clone(),
+        skipped,
     }
 }

@@ -6,3 +6,4 @@ mod export;
 mod interop;
 mod milesial;
 mod misuse;
+mod nnef;

@@ -1,4 +1,4 @@
-//! Back ends: each loads an ONNX file, reports its `metadata_props` and what
+//! Back ends: each loads a model file (ONNX; tract also its NNEF archives), reports its `metadata_props` and what
 //! the file declares about its input, and runs one NCHW `f32` tensor through
 //! the graph. [`load`] picks the back end; the checks every back end shares
 //! (one f32 input of rank 4, a tensor that fits its declared dimensions) are
@@ -13,7 +13,7 @@ use crate::tensor::Tensor4;
 
 #[cfg(feature = "ort")]
 pub(crate) mod ort;
-#[cfg(feature = "tract")]
+#[cfg(feature = "tract-engine")]
 pub(crate) mod tract;
 
 /// A graph loaded on one back end.
@@ -114,11 +114,34 @@ pub(crate) fn check_input(
     Ok(())
 }
 
+/// Whether `bytes` begin a tract NNEF archive (a tar file, or a gzipped
+/// one) rather than an ONNX protobuf, which starts with neither.
+pub fn is_nnef_archive(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b]) || bytes.get(257..262) == Some(b"ustar")
+}
+
+/// Whether the file at `path` is an NNEF archive (false when unreadable:
+/// the back end then reports the file's own error).
+fn is_nnef_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .is_ok_and(|_| is_nnef_archive(&head))
+}
+
 /// Loads `path` on `backend` (resolved from [`Backend::Auto`] here).
 pub(crate) fn load(path: &Path, backend: Backend, options: &SessionOptions) -> Result<Loaded> {
     match backend {
+        Backend::Auto if is_nnef_file(path) => load_tract(path, options),
         Backend::Auto => load(path, auto(options), options),
         Backend::Tract => load_tract(path, options),
+        Backend::Ort(_) if is_nnef_file(path) => Err(RuntimeError::InvalidModel {
+            path: path.to_path_buf(),
+            reason: "an NNEF archive: it runs on tract (--backend tract); \
+                     ONNX Runtime reads the ONNX file it was converted from"
+                .into(),
+        }),
         Backend::Ort(ep) => load_ort(path, &ep, options),
     }
 }
@@ -133,7 +156,7 @@ pub(crate) fn load_bytes(
     options: &SessionOptions,
 ) -> Result<Loaded> {
     match backend {
-        #[cfg(feature = "tract")]
+        #[cfg(feature = "tract-engine")]
         Backend::Auto | Backend::Tract => {
             let (engine, metadata, declared) =
                 tract::TractSession::load_bytes(label, bytes, None, options)?;
@@ -143,8 +166,11 @@ pub(crate) fn load_bytes(
                 metadata,
             })
         }
-        #[cfg(not(feature = "tract"))]
-        Backend::Auto | Backend::Tract => Err(RuntimeError::NotCompiled { backend: "tract" }),
+        #[cfg(not(feature = "tract-engine"))]
+        Backend::Auto | Backend::Tract => {
+            let _ = (label, bytes, options);
+            Err(RuntimeError::NotCompiled { backend: "tract" })
+        }
         Backend::Ort(_) => Err(RuntimeError::OrtUnavailable {
             reason: "a model in memory loads on tract only; \
                      load the file by path for ONNX Runtime"
@@ -166,7 +192,7 @@ fn auto(options: &SessionOptions) -> Backend {
     Backend::Tract
 }
 
-#[cfg(feature = "tract")]
+#[cfg(feature = "tract-engine")]
 fn load_tract(path: &Path, options: &SessionOptions) -> Result<Loaded> {
     let (engine, metadata, declared) = tract::TractSession::load(path, options)?;
     Ok(Loaded {
@@ -176,7 +202,7 @@ fn load_tract(path: &Path, options: &SessionOptions) -> Result<Loaded> {
     })
 }
 
-#[cfg(not(feature = "tract"))]
+#[cfg(not(feature = "tract-engine"))]
 fn load_tract(_: &Path, _: &SessionOptions) -> Result<Loaded> {
     Err(RuntimeError::NotCompiled { backend: "tract" })
 }

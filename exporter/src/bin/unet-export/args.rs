@@ -20,6 +20,7 @@ use unet_exporter::Head;
 ///   unet-export check foreign.onnx                     # tract vs ONNX Runtime, no weights
 ///   unet-export annotate foreign.onnx --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 -o annotated.onnx
 ///   unet-export golden model.safetensors -o golden/ && unet-export check --golden golden/ model.onnx
+///   unet-export nnef model.onnx --weights model.safetensors   # model.nnef.tar for the ONNX-free runtime
 ///
 /// Exit status: 0 success, 1 usage or input error, 2 the parity check failed
 /// (no ONNX file is left behind). RUST_LOG=debug logs what each step does.
@@ -54,6 +55,10 @@ pub enum Command {
     /// Add this project's metadata (preprocessing, head, size multiple) to an
     /// ONNX file exported elsewhere, so `unet-infer` needs no flags for it.
     Annotate(AnnotateArgs),
+    /// Re-encode an exported ONNX file as tract's NNEF archive (.nnef.tar),
+    /// which the ONNX-free runtime build (feature `nnef`) loads; written only
+    /// once it passes the parity gate on tract.
+    Nnef(NnefArgs),
 }
 
 /// How to read the weights file.
@@ -202,6 +207,35 @@ pub struct GoldenArgs {
     pub source: ModelArgs,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+#[derive(Args)]
+pub struct NnefArgs {
+    /// The ONNX file, as `unet-export` wrote it (or annotated).
+    pub onnx: PathBuf,
+    /// Output file [default: ONNX with the extension .nnef.tar].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Fix the input at WxH (width x height) instead of any multiple of the
+    /// model's size multiple: one camera resolution, or a graph with valid
+    /// (unpadded) convolutions, whose sizes tract cannot keep symbolic.
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    pub size: Option<(usize, usize)>,
+    /// Gate on the model's candle forward pass (as the export's own check)
+    /// instead of on the ONNX file run on tract.
+    #[arg(long, value_name = "MODEL.safetensors", conflicts_with = "golden")]
+    pub weights: Option<PathBuf>,
+    /// Gate on the outputs saved by `unet-export golden`.
+    #[arg(long, value_name = "DIR")]
+    pub golden: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: ModelArgs,
+    #[command(flatten)]
+    pub parity: ParityFlags,
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    unet_spec::size::parse_wxh(s).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]

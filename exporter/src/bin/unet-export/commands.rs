@@ -2,20 +2,21 @@
 //! the model, export, check, write goldens, import, annotate.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use log::{debug, info};
 use unet_exporter::check::{self, Report};
-use unet_exporter::{annotate, golden, import, lower, validate, ExportOptions, InputShape};
+use unet_exporter::runner::Runner;
+use unet_exporter::{annotate, golden, import, lower, nnef, validate, ExportOptions, InputShape};
 use unet_models::candle_core::Device;
 use unet_models::io::{self, ConfigSource, LoadedModel};
 use unet_models::{milesial, UNetConfig};
 
 use crate::args::{
     AnnotateArgs, CheckArgs, Cli, Command, DynamicAxis, ExportArgs, GoldenArgs, ImportArgs,
-    ModelArgs, Source,
+    ModelArgs, NnefArgs, Source,
 };
 
 /// The parity check failed (or drifted from golden outputs).
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Golden(args)) => run_golden(args, out),
         Some(Command::Import(args)) => run_import(args, out),
         Some(Command::Annotate(args)) => run_annotate(args, out),
+        Some(Command::Nnef(args)) => run_nnef(args, out),
         None => run_export(cli.export, out),
     }
 }
@@ -218,16 +220,7 @@ fn run_export(args: ExportArgs, out: Out) -> anyhow::Result<ExitCode> {
     debug!("encoded {} bytes", bytes.len());
 
     // Written beside the target and renamed only once the check passed.
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".unet-export-")
-        .suffix(".onnx")
-        .tempfile_in(&dir)
-        .map_err(io::without_temp_path)
-        .with_context(|| format!("cannot write {}", output.display()))?;
+    let mut tmp = temp_beside(&output, ".onnx")?;
     tmp.write_all(&bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .with_context(|| format!("writing {}", output.display()))?;
@@ -387,4 +380,76 @@ fn run_annotate(args: AnnotateArgs, out: Out) -> anyhow::Result<ExitCode> {
         env!("CARGO_PKG_VERSION")
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_nnef(args: NnefArgs, out: Out) -> anyhow::Result<ExitCode> {
+    let output = args.output.clone().unwrap_or_else(|| {
+        let stem = args.onnx.file_stem().unwrap_or_default().to_string_lossy();
+        args.onnx.with_file_name(format!("{stem}.nnef.tar"))
+    });
+    refuse_overwriting(&args.onnx, &output)?;
+    if let Some(weights) = &args.weights {
+        refuse_overwriting(weights, &output)?;
+    }
+    let started = std::time::Instant::now();
+    let info = check::read_onnx_info(&args.onnx)?;
+    let model = nnef::from_onnx(&args.onnx, args.size)?;
+    let mut tmp = temp_beside(&output, ".nnef.tar")?;
+    nnef::write(&model, tmp.as_file_mut(), &output)?;
+    drop(model);
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", output.display()))?;
+    // tract re-derives every shape when it reads the archive; where its
+    // symbols cannot express them, say so before any parity figure.
+    if let Err(e) = Runner::Tract.open(tmp.path()) {
+        let hint = match args.size {
+            None => "; a fixed input size (--size WxH) avoids symbolic sizes",
+            Some(_) => "",
+        };
+        bail!(
+            "{}: tract cannot read back the archive written from {}: {e}{hint}",
+            output.display(),
+            args.onnx.display()
+        );
+    }
+    let size = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+    let elapsed = started.elapsed();
+
+    // The same gate as the export's: every case within tolerance on tract.
+    let mut opts = args.parity.options(info.fp16);
+    opts.runners.retain(|&r| r == Runner::Tract);
+    let report = match (&args.weights, &args.golden) {
+        (Some(weights), _) => {
+            let loaded = load(weights, &args.source)?;
+            check::check_model(&loaded.model, &loaded.preprocessing, tmp.path(), &opts)
+        }
+        (None, Some(dir)) => golden::check_golden(dir, tmp.path(), &opts),
+        (None, None) => check::check_against(&args.onnx, Runner::Tract, tmp.path(), &opts),
+    }
+    .with_context(|| format!("checking {}", output.display()))?;
+    out.report(&report);
+    write_json_report(&report, args.parity.report.as_deref())?;
+    if !report.passed() {
+        eprintln!(
+            "error: {} does not match its reference within tolerance; not written",
+            output.display()
+        );
+        return Ok(ExitCode::from(EXIT_DRIFT));
+    }
+    tmp.persist(&output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    out.say(format_args!(
+        "wrote {} ({:.1} MB, NNEF for tract) in {:.2} s",
+        output.display(),
+        size as f64 / 1e6,
+        elapsed.as_secs_f64()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A temporary file in `output`'s folder, renamed onto it once checked.
+fn temp_beside(output: &Path, suffix: &str) -> anyhow::Result<tempfile::NamedTempFile> {
+    io::temp_file_beside(output, ".unet-export-", suffix)
+        .with_context(|| format!("cannot write {}", output.display()))
 }

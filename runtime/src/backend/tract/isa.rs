@@ -17,8 +17,7 @@ pub fn tune_for_this_cpu() {
         ONCE.call_once(|| {
             if double_pumped_avx512() {
                 // Fails only if another config set the knob already; that one stands.
-                let _ =
-                    tract_onnx::tract_core::knobs::set_config_global("TRACT_CPU_ISA", "-avx512f");
+                let _ = tract_core::knobs::set_config_global("TRACT_CPU_ISA", "-avx512f");
             }
         });
     }

@@ -1,6 +1,8 @@
-//! tract back end: loading (this file), the graph rewrite that puts the
-//! runtime's own convolution kernels into tract's plan ([`rewrite`],
-//! [`tiled_conv`], [`tiled_deconv`]) and the CPU tuning ([`isa`]).
+//! tract back end: the session (this file), reading ONNX files ([`onnx`],
+//! feature `tract`) and tract's NNEF archives ([`nnef`], feature `nnef`),
+//! the graph rewrite that puts the runtime's own convolution kernels into
+//! tract's plan ([`rewrite`], [`tiled_conv`], [`tiled_deconv`]) and the CPU
+//! tuning ([`isa`]).
 //!
 //! tract runs a graph fastest when every shape is concrete: a plan with
 //! symbolic H/W measured 4.5-5x slower. So the graph is optimised for the
@@ -11,10 +13,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::runtime::RunOptions;
-use tract_onnx::tract_hir::infer::Factoid;
-use tract_onnx::tract_hir::internal::DimLike;
+use tract_core::prelude::*;
+use tract_core::runtime::RunOptions;
 
 use super::{DeclaredInput, Engine};
 use crate::error::{Result, RuntimeError};
@@ -22,21 +22,28 @@ use crate::options::SessionOptions;
 use crate::tensor::Tensor4;
 
 pub(crate) mod isa;
+#[cfg(feature = "nnef")]
+mod nnef;
+#[cfg(feature = "tract")]
+mod onnx;
 pub(crate) mod rewrite;
 mod tiled_conv;
 mod tiled_deconv;
 
 type Plan = Arc<TypedRunnableModel>;
 
-/// The newest ONNX operator set ONNX Runtime 1.31 (the version CI pins)
-/// loads; it refuses later ones as unreleased. tract reads ops by name and
-/// would run a file stamped with any number, whose ops may mean something
-/// else there; the same ceiling keeps the two back ends agreeing on which
-/// files load.
-pub(crate) const NEWEST_OPSET: i64 = 26;
+/// The graph as its file describes it, before a frame size is bound.
+enum Graph {
+    /// tract-onnx's inference model: shapes are inferred per frame size.
+    #[cfg(feature = "tract")]
+    Onnx(tract_onnx::prelude::InferenceModel),
+    /// tract's decluttered graph from an NNEF archive, N/H/W symbolic.
+    #[cfg(feature = "nnef")]
+    Nnef(TypedModel),
+}
 
 pub(crate) struct TractSession {
-    model: InferenceModel,
+    graph: Graph,
     run_options: RunOptions,
     threads: usize,
     /// The plan for `shape` and its reusable state.
@@ -64,9 +71,9 @@ impl TractSession {
         Self::load_bytes(path, &bytes, path.parent(), options)
     }
 
-    /// Loads a model already in memory; `path` only names it in errors,
-    /// `dir` is where external tensor data would be looked up (none for a
-    /// buffer).
+    /// Loads a model already in memory, an ONNX file or an NNEF archive by
+    /// its content; `path` only names it in errors, `dir` is where ONNX
+    /// external tensor data would be looked up (none for a buffer).
     pub fn load_bytes(
         path: &Path,
         bytes: &[u8],
@@ -74,45 +81,36 @@ impl TractSession {
         options: &SessionOptions,
     ) -> Result<(TractSession, HashMap<String, String>, DeclaredInput)> {
         isa::tune_for_this_cpu();
-        // PyTorch's dynamo exporter writes value_info tract cannot reconcile;
-        // tract infers those shapes itself anyway.
-        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
-        let proto = onnx
-            .proto_model_for_read(&mut &*bytes)
-            .map_err(|e| invalid(path, format!("cannot decode the protobuf: {e:#}")))?;
-        let metadata: HashMap<String, String> = proto
-            .metadata_props
-            .iter()
-            .map(|p| (p.key.clone(), p.value.clone()))
-            .collect();
-        check_opset(path, &proto)?;
-        let dir = dir.and_then(|d| d.to_str());
-        let parsed = onnx
-            .parse(&proto, dir)
-            .map_err(|e| invalid(path, format!("{e:#}")))?;
-        if !parsed.unresolved_inputs.is_empty() {
-            return Err(invalid(
-                path,
-                format!("unresolved inputs {:?}", parsed.unresolved_inputs),
-            ));
-        }
-        let model = parsed.model;
-        let inputs = model.input_outlets().map_err(|e| invalid(path, e))?.len();
-        if model
-            .output_outlets()
-            .map_err(|e| invalid(path, e))?
-            .is_empty()
-        {
-            return Err(invalid(path, "the graph has no output"));
-        }
-        let declared = match inputs {
-            1 => declared_input(model.input_fact(0).map_err(|e| invalid(path, e))?),
-            count => DeclaredInput {
-                count,
-                rank: None,
-                dims: vec![],
-                not_f32: None,
-            },
+        let (graph, metadata, declared) = if super::is_nnef_archive(bytes) {
+            #[cfg(feature = "nnef")]
+            {
+                let (model, metadata, declared) = nnef::load(path, bytes)?;
+                (Graph::Nnef(model), metadata, declared)
+            }
+            #[cfg(not(feature = "nnef"))]
+            {
+                let _ = dir;
+                return Err(invalid(
+                    path,
+                    "an NNEF archive, and this build of the runtime reads ONNX only \
+                     (cargo feature `nnef`)",
+                ));
+            }
+        } else {
+            #[cfg(feature = "tract")]
+            {
+                let (model, metadata, declared) = onnx::load(path, bytes, dir)?;
+                (Graph::Onnx(model), metadata, declared)
+            }
+            #[cfg(not(feature = "tract"))]
+            {
+                let _ = dir;
+                return Err(invalid(
+                    path,
+                    "not an NNEF archive, and this build of the runtime reads NNEF \
+                     only (convert the ONNX file with `unet-export nnef`)",
+                ));
+            }
         };
         let run_options = RunOptions {
             executor: Some(executor(options.threads)?),
@@ -120,7 +118,7 @@ impl TractSession {
         };
         Ok((
             TractSession {
-                model,
+                graph,
                 run_options,
                 threads: options.threads,
                 cached: None,
@@ -137,11 +135,13 @@ impl TractSession {
             shape: shape.to_vec(),
             reason: format!("{e:#}"),
         };
-        let fact = InferenceFact::dt_shape(f32::datum_type(), shape);
-        self.model
-            .clone()
-            .with_input_fact(0, fact)
-            .and_then(|m| m.into_typed())
+        let typed = match &self.graph {
+            #[cfg(feature = "tract")]
+            Graph::Onnx(model) => onnx::typed(model, shape),
+            #[cfg(feature = "nnef")]
+            Graph::Nnef(model) => nnef::concretize(model, shape),
+        };
+        typed
             .and_then(|m| rewrite::optimize(m, self.threads))
             .and_then(|m| m.into_runnable_with_options(&self.run_options))
             .map_err(bad)
@@ -190,46 +190,6 @@ impl Engine for TractSession {
             data: view.iter().copied().collect(),
             shape,
         })
-    }
-}
-
-/// Refuses an operator set newer than [`NEWEST_OPSET`], or none below 1.
-fn check_opset(path: &Path, proto: &tract_onnx::pb::ModelProto) -> Result<()> {
-    let default_domain = proto
-        .opset_import
-        .iter()
-        .find(|i| i.domain.is_empty() || i.domain == "ai.onnx");
-    match default_domain.map(|i| i.version) {
-        Some(v) if !(1..=NEWEST_OPSET).contains(&v) => Err(invalid(
-            path,
-            format!("ONNX operator set {v} is not supported (1 to {NEWEST_OPSET})"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The input's rank, dimensions and element type as the file declares them.
-fn declared_input(fact: &InferenceFact) -> DeclaredInput {
-    let dims: Vec<Option<usize>> = fact
-        .shape
-        .dims()
-        .map(|d| d.concretize().and_then(|d| d.to_usize().ok()))
-        .collect();
-    let rank = fact
-        .shape
-        .rank()
-        .concretize()
-        .and_then(|r| usize::try_from(r).ok());
-    let not_f32 = fact
-        .datum_type
-        .concretize()
-        .filter(|&dt| dt != f32::datum_type())
-        .map(|dt| format!("{dt:?}").to_lowercase());
-    DeclaredInput {
-        count: 1,
-        rank,
-        dims,
-        not_f32,
     }
 }
 

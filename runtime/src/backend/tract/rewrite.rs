@@ -10,12 +10,12 @@
 
 use std::sync::Arc;
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::array::TypedConcat;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, MaxPool, PaddingSpec};
-use tract_onnx::tract_core::ops::nn::DataFormat;
-use tract_onnx::tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
+use tract_core::ops::array::TypedConcat;
+use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::cnn::{Conv, Deconv, KernelFormat, MaxPool, PaddingSpec};
+use tract_core::ops::nn::DataFormat;
+use tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
+use tract_core::prelude::*;
 
 use super::tiled_conv::{self, TiledConv};
 use super::tiled_deconv::TiledDeconv;
@@ -350,10 +350,10 @@ fn tiled_deconv(
 
 #[cfg(test)]
 mod tests {
+    use tract_core::ops::cnn::PoolSpec;
+    use tract_core::ops::math::max;
+    use tract_core::runtime::RunOptions;
     use tract_linalg::multithread::Executor;
-    use tract_onnx::tract_core::ops::cnn::PoolSpec;
-    use tract_onnx::tract_core::ops::math::max;
-    use tract_onnx::tract_core::runtime::RunOptions;
 
     use super::*;
 

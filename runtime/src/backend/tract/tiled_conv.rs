@@ -14,9 +14,9 @@
 use std::sync::Arc;
 
 use rayon::prelude::*;
+use tract_core::internal::*;
+use tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 use tract_linalg::multithread::{current_tract_executor, Executor};
-use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 /// A convolution of the channel concatenation of its inputs, then bias and
 /// optionally ReLU.

@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
-use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
+use tract_core::internal::*;
+use tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use super::tiled_conv::{
     for_each_tile, on_tract_threads, plain_f32, tile_rows, with_scratch, OutputPtr,
