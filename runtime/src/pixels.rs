@@ -48,10 +48,10 @@ impl CameraFormat {
             self,
             CameraFormat::Nv12 | CameraFormat::Yuyv | CameraFormat::Uyvy
         );
-        if even_width && width % 2 != 0 {
+        if even_width && !width.is_multiple_of(2) {
             return Err(bad(format!("{self:?} needs an even width")));
         }
-        if self == CameraFormat::Nv12 && height % 2 != 0 {
+        if self == CameraFormat::Nv12 && !height.is_multiple_of(2) {
             return Err(bad("Nv12 needs an even height".into()));
         }
         // Nv12: the Y rows, then half as many chroma rows.

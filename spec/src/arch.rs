@@ -411,7 +411,7 @@ impl Graph {
 
     /// One spatial axis through the graph; `Err(())` when the size is not accepted.
     fn infer_sizes(&self, n: usize) -> std::result::Result<Vec<usize>, ()> {
-        if self.config.padding == Padding::Same && n % self.config.size_multiple() != 0 {
+        if self.config.padding == Padding::Same && !n.is_multiple_of(self.config.size_multiple()) {
             return Err(());
         }
         let mut sizes: Vec<usize> = Vec::with_capacity(self.nodes.len());

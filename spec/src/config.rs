@@ -147,7 +147,7 @@ impl UNetConfig {
         if self.depth == 0 || self.depth > 8 {
             return bad("depth must be between 1 and 8");
         }
-        if self.base_width < 2 || self.base_width % 2 != 0 {
+        if self.base_width < 2 || !self.base_width.is_multiple_of(2) {
             return bad("base_width must be an even number of at least 2");
         }
         if !(0.0..1.0).contains(&self.dropout) {

@@ -36,7 +36,7 @@ impl SizeRule {
     /// Output side for an input side of `n`, or `None` when `n` is not accepted.
     pub fn output_side(&self, n: usize) -> Option<usize> {
         match *self {
-            SizeRule::Same { multiple } => (n > 0 && n % multiple == 0).then_some(n),
+            SizeRule::Same { multiple } => (n > 0 && n.is_multiple_of(multiple)).then_some(n),
             SizeRule::Valid { depth } => {
                 // As the architecture: per level two 3x3 convs (-4) then a pool.
                 let mut s = n;
@@ -160,8 +160,8 @@ impl InputGeometry {
             )));
         }
         if self.size_multiple == 0
-            || self.width % self.size_multiple != 0
-            || self.height % self.size_multiple != 0
+            || !self.width.is_multiple_of(self.size_multiple)
+            || !self.height.is_multiple_of(self.size_multiple)
         {
             return Err(bad(format!(
                 "size {}x{} is not a multiple of {}",

@@ -168,7 +168,7 @@ impl TrainOptions {
         }
         let m = self.model.size_multiple();
         if self.model.padding == unet_models::Padding::Same
-            && (self.width % m != 0 || self.height % m != 0)
+            && (!self.width.is_multiple_of(m) || !self.height.is_multiple_of(m))
         {
             return Err(TrainError::option(
                 "--image-size",

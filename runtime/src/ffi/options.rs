@@ -92,7 +92,7 @@ pub(super) unsafe fn read_options(options: *const UnetOptions) -> Result<UnetOpt
     // SAFETY: every version of the struct starts with its u32 size.
     let size = unsafe { options.cast::<u32>().read_unaligned() } as usize;
     let ours = std::mem::size_of::<UnetOptions>();
-    if size < UNET_OPTIONS_MIN_SIZE as usize || size > OPTIONS_MAX_SIZE || size % 4 != 0 {
+    if size < UNET_OPTIONS_MIN_SIZE as usize || size > OPTIONS_MAX_SIZE || !size.is_multiple_of(4) {
         return Err(invalid(&format!(
             "options.struct_size is {size}: set it with unet_options_default() \
              (this library's UnetOptions has {ours} bytes, at least {UNET_OPTIONS_MIN_SIZE})"

@@ -244,8 +244,8 @@ impl Trainer<'_> {
         for batch in loader {
             let batch = batch?;
             let lr = self.schedule.lr(self.state.global_step);
-            let update =
-                (self.state.batch + 1) % opts.accumulate == 0 || self.state.batch + 1 == n_batches;
+            let update = (self.state.batch + 1).is_multiple_of(opts.accumulate)
+                || self.state.batch + 1 == n_batches;
             let report = self.learner.step(
                 &step::input(&batch, device)?,
                 &step::target(&batch, classes, device)?,
@@ -262,7 +262,7 @@ impl Trainer<'_> {
                 self.state.dropout_step = self.learner.model().dropout_step();
                 let periodic = opts
                     .save_every_steps
-                    .is_some_and(|k| k > 0 && self.state.global_step % k == 0);
+                    .is_some_and(|k| k > 0 && self.state.global_step.is_multiple_of(k));
                 let stop = self.stop_at == Some(self.state.global_step);
                 if (periodic && self.state.batch < n_batches) || stop {
                     self.save_checkpoint()?;
