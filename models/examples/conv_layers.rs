@@ -3,9 +3,16 @@
 //! goes, layer by layer. `ci/bench_torch_step.py --conv-layers` prints the same
 //! table for PyTorch.
 //!
+//! Each is also given in GFLOP/s and as a fraction of this machine's f32 FMA
+//! peak (`unet-kernels`' probe, widest instruction set, RAYON_NUM_THREADS
+//! threads); the backward pass counts two products (input and weight
+//! gradients). `--no-default-features` runs gemm's AVX2 kernels on an
+//! AVX-512 CPU, the other path.
+//!
 //! `RAYON_NUM_THREADS=2 cargo run --release -p unet-models --example conv_layers`
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use unet_kernels::{measure, Isa};
 use unet_models::candle_core::{Device, Tensor, Var};
 
 /// (input channels, output channels, side) of the preset's convolutions.
@@ -26,7 +33,28 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    println!("conv 3x3            forward ms  backward ms");
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let peak = Isa::available()
+        .first()
+        .and_then(|&isa| measure(isa, threads, Duration::from_secs(1)));
+    if let Some(p) = peak {
+        println!(
+            "FMA peak, {} on {threads} thread(s): {:.1} GFLOP/s",
+            p.isa.name(),
+            p.gflops
+        );
+    }
+    let rate = |flops: f64, ms: f64| {
+        let gflops = flops / ms / 1e6;
+        match peak {
+            Some(p) => format!("{gflops:>6.0} {:>4.0}%", 100.0 * gflops / p.gflops),
+            None => format!("{gflops:>6.0}"),
+        }
+    };
+    println!("conv 3x3            forward ms  backward ms   fwd GFLOP/s peak   bwd GFLOP/s peak");
     for (cin, cout, side) in LAYERS {
         let x = Var::from_tensor(&Tensor::rand(0f32, 1., (1, cin, side, side), &Device::Cpu)?)?;
         let w = Var::from_tensor(&Tensor::rand(0f32, 1., (cout, cin, 3, 3), &Device::Cpu)?)?;
@@ -45,11 +73,15 @@ fn main() -> anyhow::Result<()> {
                 backward.push(b);
             }
         }
+        let (forward, backward) = (median(forward), median(backward));
+        let flops = 2.0 * (cin * cout * 9 * side * side) as f64;
         println!(
-            "{:<20} {:>10.1} {:>12.1}",
+            "{:<20} {:>10.1} {:>12.1} {:>18} {:>18}",
             format!("{cin}->{cout} {side}x{side}"),
-            median(forward),
-            median(backward)
+            forward,
+            backward,
+            rate(flops, forward),
+            rate(2.0 * flops, backward)
         );
     }
     Ok(())

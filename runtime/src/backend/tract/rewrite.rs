@@ -507,6 +507,47 @@ mod tests {
         Ok(())
     }
 
+    /// f32 FMAs of a whole graph, as tract's ops (and ours) report them.
+    fn fmas(model: &TypedModel) -> TractResult<i64> {
+        let mut total = 0;
+        for node in model.nodes() {
+            let inputs = model.node_input_facts(node.id)?;
+            for (cost, count) in node.op.cost(&inputs)? {
+                if cost == tract_core::ops::Cost::FMA(f32::datum_type()) {
+                    total += count.to_i64()?;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    #[test]
+    fn the_runtimes_ops_report_the_fmas_tracts_ops_report() -> TractResult<()> {
+        // Profiles divide time by these counts: TiledConv and TiledDeconv
+        // must count what tract's own Conv and Deconv count for the same graph.
+        let convs = fmas(&model(false)?.into_decluttered()?)?;
+        assert!(convs > 0);
+        assert_eq!(fmas(&optimize(model(false)?, 2)?)?, convs);
+        // tract's Deconv reports none: with stride = kernel each output
+        // element takes one tap per input channel.
+        let plain = deconvs()?.into_decluttered()?;
+        let mut expected = 0;
+        for node in plain.nodes().iter().filter(|n| n.op_is::<Deconv>()) {
+            let channels = plain.node_input_facts(node.id)?[0].shape[1].to_i64()?;
+            let output = plain.node_output_facts(node.id)?[0]
+                .shape
+                .volume()
+                .to_i64()?;
+            expected += output * channels;
+        }
+        assert_eq!(
+            plain.nodes().iter().filter(|n| n.op_is::<Deconv>()).count(),
+            2
+        );
+        assert_eq!(fmas(&optimize(deconvs()?, 2)?)?, expected);
+        Ok(())
+    }
+
     #[test]
     fn a_concatenation_read_elsewhere_is_kept() -> TractResult<()> {
         let ours = optimize(model(true)?, 2)?;

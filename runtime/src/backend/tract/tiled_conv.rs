@@ -417,5 +417,13 @@ impl TypedOp for TiledConv {
         }
     }
 
+    /// One FMA per output element and patch-matrix row (what profiles divide by).
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let output = self.output_facts(inputs)?.remove(0);
+        let (kh, kw) = self.kernel;
+        let macs = output.shape.iter().product::<TDim>() * (self.input_channels() * kh * kw);
+        Ok(tvec!((Cost::FMA(f32::datum_type()), macs)))
+    }
+
     as_op!();
 }

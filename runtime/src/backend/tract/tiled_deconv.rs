@@ -169,5 +169,14 @@ impl TypedOp for TiledDeconv {
             shape[3] * kw
         ])))
     }
+
+    /// One FMA per output element and input channel (each output pixel
+    /// comes from one input pixel and one kernel tap).
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let output = self.output_facts(inputs)?.remove(0);
+        let macs = output.shape.iter().product::<TDim>() * self.input_channels;
+        Ok(tvec!((Cost::FMA(f32::datum_type()), macs)))
+    }
+
     as_op!();
 }
