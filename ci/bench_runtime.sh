@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Runtime benchmarks (issue targets; not part of the test run):
-#  - tract vs ONNX Runtime CPU latency, unet preset at base 16 and 64, 256² and 512², 2 threads
+#  - this CPU's FMA peak per instruction set (unet-kernels' probe)
+#  - tract vs ONNX Runtime CPU latency, unet-16, unet (base 64) and attention-unet-16 at
+#    256² and 512², 2 threads, with the tract path's GFLOP/s and fraction of the peak, on
+#    each x86 path in turn: AVX-512 (tract's kernels forced on with TRACT_CPU_ISA=+avx512f,
+#    gemm's with the `avx512` feature) and AVX2 (-avx512f, a build without `avx512`)
 #  - peak RSS of unet-infer on one 512² frame (base 16, tract), with and without --low-memory
-#  - size of a stripped, tract-only unet-infer
+#  - size of a stripped, tract-only unet-infer, and of the NNEF-only one
 #  - resident memory over FRAMES frames through the C ABI
 # usage: ci/bench_runtime.sh [OUT_DIR] ; env RUNS (default 30), FRAMES (default 10000)
 set -euo pipefail
@@ -20,20 +24,40 @@ backends=(tract)
 
 cargo build --release -q -p unet-runtime --features ort --bin unet-infer
 cargo build --release -q -p unet-exporter --bin unet-export --example make_model
+cargo build --release -q -p unet-kernels --example fma_peak
 bin=target/release
 
-for preset in unet-16 unet; do
+echo "== FMA peak of this CPU"
+"$bin/examples/fma_peak" 2 1
+
+# The x86 paths this CPU has: tract's kernels by TRACT_CPU_ISA, the runtime's own
+# (TiledConv through gemm) by the `avx512` feature, in a build of its own.
+paths=()
+if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+  paths+=(avx512)
+  CARGO_TARGET_DIR=target/bench-avx2 cargo build --release -q -p unet-runtime \
+    --no-default-features --features tract,nnef,cli,ort --bin unet-infer
+fi
+grep -qw avx2 /proc/cpuinfo 2>/dev/null && paths+=(avx2)
+
+for preset in unet-16 unet attention-unet-16; do
   "$bin/examples/make_model" "$preset" "$out/$preset.safetensors"
   "$bin/unet-export" "$out/$preset.safetensors" -o "$out/$preset.onnx" --no-check
   "$bin/unet-export" "$out/$preset.safetensors" -o "$out/$preset.fold.onnx" --fold-bn --no-check
 done
 
-echo "== latency, 2 threads (bare graph and whole pipeline)"
-for preset in unet-16 unet; do
-  for variant in "" .fold; do
+echo "== latency, 2 threads (bare graph and whole pipeline), per x86 path"
+for path in "${paths[@]:-native}"; do
+  case "$path" in
+    avx512) infer="$bin/unet-infer"; isa=+avx512f ;;
+    avx2) infer="target/bench-avx2/release/unet-infer"; isa=-avx512f
+      [ -x "$infer" ] || infer="$bin/unet-infer" ;;
+    *) infer="$bin/unet-infer"; isa="" ;;
+  esac
+  for preset in unet-16 unet attention-unet-16; do
     for size in 256x256 512x512; do
-      echo "-- $preset$variant $size"
-      "$bin/unet-infer" bench "$out/$preset$variant.onnx" --size "$size" --runs "$runs" \
+      echo "-- $path: $preset.fold $size"
+      TRACT_CPU_ISA="$isa" "$infer" bench "$out/$preset.fold.onnx" --size "$size" --runs "$runs" \
         --threads 2 --backend "${backends[@]}"
     done
   done
@@ -55,7 +79,7 @@ for memory in "" --low-memory; do
 done
 
 echo "== stripped tract-only unet-infer"
-cargo build --profile edge -q -p unet-runtime --no-default-features --features tract --bin unet-infer
+cargo build --profile edge -q -p unet-runtime --no-default-features --features tract,cli,avx512 --bin unet-infer
 ls -l target/edge/unet-infer | awk '{printf "unet-infer (edge profile: fat LTO, stripped, panic=abort, opt-level s; tract only): %.2f MiB\n", $5 / 1048576}'
 echo "-- edge build vs release, unet-16 and unet 256x256, tract"
 for preset in unet-16 unet; do
@@ -64,6 +88,11 @@ for preset in unet-16 unet; do
     "$b/unet-infer" bench "$out/$preset.onnx" --size 256x256 --runs "$runs" --threads 2 --backend tract | grep '^tract'
   done
 done
+echo "-- the ONNX-free build: NNEF archives only (unet-export nnef)"
+cargo build --profile edge -q -p unet-runtime --no-default-features --features nnef,cli,avx512 --bin unet-infer
+ls -l target/edge/unet-infer | awk '{printf "unet-infer (edge profile, NNEF only, no tract-onnx): %.2f MiB\n", $5 / 1048576}'
+"$bin/unet-export" nnef "$out/unet-16.onnx" -o "$out/unet-16.nnef.tar" --quiet
+target/edge/unet-infer bench "$out/unet-16.nnef.tar" --size 256x256 --runs "$runs" --threads 2 --backend tract | grep '^tract'
 
 echo "== resident memory over $frames frames through the C ABI (unet-16, 128x128, tract)"
 bash runtime/tests/c/rss_bench.sh "$out/unet-16.onnx" "$frames" 128 128 1

@@ -102,6 +102,14 @@ impl Session {
         self.engine.provider()
     }
 
+    /// f32 multiply-adds of one run at the last input shape, as the graph's
+    /// ops report them (tract, after a first run; `None` on ONNX Runtime).
+    /// Divided by a run's time: the GFLOP/s a benchmark compares with the
+    /// CPU's FMA peak.
+    pub fn fmas(&self) -> Option<u64> {
+        self.engine.fmas()
+    }
+
     /// The ONNX `metadata_props`.
     pub fn metadata(&self) -> &HashMap<String, String> {
         &self.metadata

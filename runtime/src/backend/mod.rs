@@ -24,6 +24,12 @@ pub(crate) trait Engine: Send {
     /// Runs `input`, already checked by [`check_input`], and returns the
     /// graph's first output unchanged.
     fn run(&mut self, path: &Path, input: &Tensor4) -> Result<Tensor4>;
+
+    /// f32 multiply-adds of one run at the last input shape, as the graph's
+    /// ops report them; `None` where the back end does not say.
+    fn fmas(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A loaded graph with what its file declares.

@@ -177,3 +177,25 @@ fn strict_backend_refuses_a_missing_provider() {
         }
     }
 }
+
+/// The FMA count a benchmark divides by: the fixture U-Net (base width 4,
+/// depth 3, same padding) does `Σ c_in·c_out·k²` multiply-adds per output
+/// pixel of each layer, so twice the height and width is four times the
+/// work, and twice the batch twice; ONNX Runtime does not say.
+#[cfg(feature = "tract")]
+#[test]
+fn tract_reports_the_multiply_adds_of_a_run() {
+    let mut session = Session::from_file(fixture("unet", "model.onnx"), Backend::Tract).unwrap();
+    assert_eq!(session.fmas(), None, "nothing planned yet");
+    let run = |session: &mut Session, n: usize, h: usize, w: usize| {
+        session
+            .run(&Tensor4::new(vec![0.5; n * 3 * h * w], [n, 3, h, w]).unwrap())
+            .unwrap();
+        session.fmas().unwrap()
+    };
+    let small = run(&mut session, 1, 32, 48);
+    // The first 3x3 convolution alone: 3 -> 4 channels over 32x48 pixels.
+    assert!(small > 3 * 4 * 9 * 32 * 48, "{small}");
+    assert_eq!(run(&mut session, 1, 64, 96), 4 * small);
+    assert_eq!(run(&mut session, 2, 32, 48), 2 * small);
+}

@@ -46,8 +46,8 @@ pub(crate) struct TractSession {
     graph: Graph,
     run_options: RunOptions,
     threads: usize,
-    /// The plan for `shape` and its reusable state.
-    cached: Option<([usize; 4], TypedSimpleState)>,
+    /// The plan for `shape`, its reusable state and its f32 FMAs per run.
+    cached: Option<([usize; 4], TypedSimpleState, u64)>,
 }
 
 fn invalid(path: &Path, reason: impl std::fmt::Display) -> RuntimeError {
@@ -153,18 +153,23 @@ impl Engine for TractSession {
         "tract"
     }
 
+    fn fmas(&self) -> Option<u64> {
+        self.cached.as_ref().map(|(_, _, fmas)| *fmas)
+    }
+
     fn run(&mut self, path: &Path, input: &Tensor4) -> Result<Tensor4> {
         let state = match &mut self.cached {
-            Some((shape, state)) if *shape == input.shape => state,
+            Some((shape, state, _)) if *shape == input.shape => state,
             _ => {
                 self.cached = None;
                 let plan = self.plan(path, input.shape)?;
+                let fmas = fmas(plan.model());
                 let state = plan.spawn().map_err(|e| RuntimeError::Inference {
                     provider: "tract".into(),
                     path: path.to_path_buf(),
                     reason: format!("{e:#}"),
                 })?;
-                &mut self.cached.insert((input.shape, state)).1
+                &mut self.cached.insert((input.shape, state, fmas)).1
             }
         };
         let failed = |e: TractError| RuntimeError::Inference {
@@ -191,6 +196,23 @@ impl Engine for TractSession {
             shape,
         })
     }
+}
+
+/// The f32 FMAs of one run of `model`, as its ops (tract's and the
+/// runtime's own) report them for their input shapes.
+fn fmas(model: &TypedModel) -> u64 {
+    let mut total = 0;
+    for node in model.nodes() {
+        let Ok(inputs) = model.node_input_facts(node.id) else {
+            continue;
+        };
+        for (cost, count) in node.op.cost(&inputs).unwrap_or_default() {
+            if cost == tract_core::ops::Cost::FMA(f32::datum_type()) {
+                total += count.to_i64().map_or(0, |c| c.max(0) as u64);
+            }
+        }
+    }
+    total
 }
 
 /// tract's matrix products on a private pool of `threads` threads.

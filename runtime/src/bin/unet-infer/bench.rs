@@ -2,7 +2,7 @@
 //! per back end, side by side in one run.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -116,7 +116,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "{:<28} {:>9} {:>9} {:>9} {:>8}  {:>13} {:>9}",
         "provider", "p50", "p90", "p99", "FPS", "pipeline p50", "overhead"
     );
+    // The machine's own FMA peak on the widest instruction set, on as many
+    // threads: what the tract path's GFLOP/s is a fraction of.
+    let peak = unet_kernels::Isa::available()
+        .first()
+        .and_then(|&isa| unet_kernels::measure(isa, args.threads.max(1), Duration::from_secs(1)));
     let mut p50s = Vec::new();
+    let mut rates = Vec::new();
     for choice in choices {
         let backend = choice.backend(args.device, args.fp16, None);
         let session = Session::from_file_with(&args.model, backend, &options.session)
@@ -149,10 +155,29 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             full.p50,
             100.0 * (full.p50 - raw.p50) / raw.p50
         );
+        if let Some(fmas) = segmenter.session().fmas() {
+            rates.push((provider.clone(), fmas, 2.0 * fmas as f64 / raw.p50 / 1e6));
+        }
         p50s.push((provider, raw.p50));
     }
     if let [(a, ta), (b, tb), ..] = p50s.as_slice() {
         println!("p50 ratio {a} / {b}: {:.2}", ta / tb);
+    }
+    for (provider, fmas, gflops) in rates {
+        let share = match peak {
+            Some(p) => format!(
+                ", {:.0} % of the FMA peak ({:.0} GFLOP/s, {} on {} threads)",
+                100.0 * gflops / p.gflops,
+                p.gflops,
+                p.isa.name(),
+                p.threads
+            ),
+            None => String::new(),
+        };
+        println!(
+            "{provider}: {:.2} GFLOP per run, {gflops:.0} GFLOP/s at p50{share}",
+            2.0 * fmas as f64 / 1e9
+        );
     }
     Ok(())
 }
