@@ -21,6 +21,9 @@ Pinned: onnx==1.23.2. Deterministic: no random weights.
                      ONNX Runtime refuses it, tract must too.
 - fixed_64x48.onnx   the color graph with a fixed 1x3x48x64 input (H 48, W 64):
                      a tensor of another size is refused on every back end.
+- dangling_output.onnx  the color graph declaring a graph output no node produces
+                     (the onnx fuzz target's find: tract-onnx panicked on it); every
+                     back end must refuse it at load with a message.
 - external/model.onnx + external/weights.bin
                      the color graph with its weights [1, -1, 0] in an external
                      data file next to it, which must be read from the model's
@@ -60,7 +63,7 @@ def conv_r_minus_g(src, dst):
     return helper.make_node("Conv", [src, "w", "b"], [dst]), [w, b]
 
 
-def save(name, nodes, inits, inputs, outputs, meta, opset=17, external=None):
+def save(name, nodes, inits, inputs, outputs, meta, opset=17, external=None, check=True):
     graph = helper.make_graph(nodes, name, inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="make_graphs.py")
@@ -78,7 +81,7 @@ def save(name, nodes, inits, inputs, outputs, meta, opset=17, external=None):
                   location=external, size_threshold=0)
         onnx.checker.check_model(path)
         return
-    if opset <= onnx.defs.onnx_opset_version():
+    if check and opset <= onnx.defs.onnx_opset_version():
         onnx.checker.check_model(model)
     onnx.save(model, path)
 
@@ -120,6 +123,9 @@ def main():
     xf = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 48, 64])
     yf = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 48, 64])
     save("fixed_64x48", [conv], inits, [xf], [yf], meta)
+
+    dangling = helper.make_tensor_value_info("missing", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    save("dangling_output", [conv], inits, [x], [dangling], meta, check=False)
 
     save("external/model", [conv], inits, [x], [y], meta, external="weights.bin")
 

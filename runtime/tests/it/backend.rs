@@ -48,6 +48,21 @@ fn non_f32_input_is_refused_at_load() {
     }
 }
 
+/// The onnx fuzz target's find: a declared output nothing produces made
+/// tract-onnx panic (caught, but reported as an internal error).
+#[test]
+fn an_output_nothing_produces_is_refused_at_load() {
+    for backend in backends() {
+        let e = load_err("dangling_output.onnx", &backend);
+        assert_eq!(e.kind(), ErrorKind::InvalidModel, "{backend:?}: {e}");
+        let msg = e.to_string();
+        assert!(msg.contains("dangling_output.onnx"), "{backend:?}: {msg}");
+        if backend == Backend::Tract {
+            assert!(msg.contains("`missing`") && !msg.contains("panic"), "{msg}");
+        }
+    }
+}
+
 #[test]
 fn unreleased_opset_is_refused_at_load() {
     for backend in backends() {

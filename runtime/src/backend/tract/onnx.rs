@@ -38,6 +38,7 @@ pub(super) fn load(
         .map(|p| (p.key.clone(), p.value.clone()))
         .collect();
     check_opset(path, &proto)?;
+    check_outputs(path, &proto)?;
     let dir = dir.and_then(|d| d.to_str());
     let parsed = onnx
         .parse(&proto, dir)
@@ -87,6 +88,40 @@ fn check_opset(path: &Path, proto: &tract_onnx::pb::ModelProto) -> Result<()> {
             format!("ONNX operator set {v} is not supported (1 to {NEWEST_OPSET})"),
         )),
         _ => Ok(()),
+    }
+}
+
+/// Refuses a graph output that no node, input or initializer produces
+/// (tract-onnx 0.23 panics on one: "no entry found for key").
+fn check_outputs(path: &Path, proto: &tract_onnx::pb::ModelProto) -> Result<()> {
+    let Some(graph) = &proto.graph else {
+        return Ok(());
+    };
+    let produced: std::collections::HashSet<&str> = graph
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .chain(graph.initializer.iter().map(|t| t.name.as_str()))
+        .chain(
+            graph
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter().map(String::as_str)),
+        )
+        .collect();
+    match graph
+        .output
+        .iter()
+        .find(|o| !produced.contains(o.name.as_str()))
+    {
+        Some(o) => Err(invalid(
+            path,
+            format!(
+                "graph output `{}` is produced by no node, input or initializer",
+                o.name
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
