@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::{DynamicImage, GrayImage, RgbImage};
 use unet_runtime::{
-    Backend, Fit, Segmentation, Segmenter, SegmenterOptions, SessionOptions, Tiling,
+    Backend, Fit, RuntimeError, Segmentation, Segmenter, SegmenterOptions, SessionOptions, Tiling,
 };
 
 /// Tiny hand-built graphs (`tests/data/make_graphs.py`), compiled in so the
@@ -185,8 +185,13 @@ pub fn image(data: &[u8]) {
         options.threshold = Some(0.3);
     }
     let model = Scratch::new("onnx", GRAPHS[0]);
-    let mut segmenter =
-        Segmenter::from_file_with(&model.0, Backend::Tract, options).expect("color.onnx loads");
+    let mut segmenter = match Segmenter::from_file_with(&model.0, Backend::Tract, options) {
+        Ok(s) => s,
+        // Fuzzed options may be impossible (overlap >= tile, tiles with a
+        // resize): refused, as they must be.
+        Err(RuntimeError::BadOption { .. }) => return,
+        Err(e) => panic!("color.onnx loads: {e}"),
+    };
     if let Ok(seg) = segmenter.segment(&decoded) {
         check(&seg, decoded.width() as usize, decoded.height() as usize);
     }
@@ -215,22 +220,37 @@ impl Fields<'_> {
 }
 
 /// The C ABI as firmware calls it: options from the fuzz input (threads,
-/// threshold, tiling; backend tract or auto), `color.onnx` loaded, then one
-/// frame of fuzzer-chosen size, stride and pixel format whose bytes are the
-/// rest of the input, into mask and probability buffers of fuzzer-chosen
-/// lengths. Buffers are exactly as long as the lengths passed, so a read or
-/// write past them is caught (by AddressSanitizer under cargo-fuzz).
+/// threshold, tiling, fit; backend, fit and pixel format as the raw integers
+/// a C caller may pass, valid or not), `color.onnx` loaded, then one frame of
+/// fuzzer-chosen size, stride and pixel format whose bytes are the rest of
+/// the input, with a `pixels_len` that may fall short of the frame, into
+/// mask and probability buffers of fuzzer-chosen lengths. Buffers are
+/// exactly as long as the lengths passed, so a read or write past them is
+/// caught (by AddressSanitizer under cargo-fuzz), and an accepted frame
+/// must fit its buffer.
 pub fn cabi(data: &[u8]) {
     use std::ffi::CString;
     use unet_runtime::ffi::*;
 
     let mut f = Fields(data);
     let mut options = unet_options_default();
-    options.backend = if f.u8() % 2 == 0 {
-        UNET_BACKEND_TRACT
-    } else {
-        UNET_BACKEND_AUTO
+    // Mostly meaningful values, sometimes any integer (the header promises
+    // UNET_STATUS_INVALID_ARGUMENT for those).
+    fn raw(f: &mut Fields<'_>, valid: i32) -> i32 {
+        match f.u8() {
+            0..=223 => i32::from(f.u8()) % valid,
+            _ => f.u32() as i32,
+        }
+    }
+    options.backend = match f.u8() % 4 {
+        0 => UNET_BACKEND_TRACT,
+        1 => UNET_BACKEND_AUTO,
+        _ => raw(&mut f, 6),
     };
+    options.fit = raw(&mut f, 3);
+    if f.u8() == 0xff {
+        options.struct_size = f.u32();
+    }
     options.threads = u32::from(f.u8() % 9);
     options.threshold = f32::from_bits(f.u32());
     let tiling = f.u8();
@@ -241,24 +261,34 @@ pub fn cabi(data: &[u8]) {
     let width = usize::from(f.u16() % 300);
     let height = usize::from(f.u16() % 300);
     let pad = usize::from(f.u8());
-    let format = match f.u8() % 3 {
-        0 => UNET_PIXEL_FORMAT_RGB8,
-        1 => UNET_PIXEL_FORMAT_BGR8,
-        _ => UNET_PIXEL_FORMAT_GRAY8,
+    let format = raw(&mut f, 8);
+    // Bytes per pixel of the first (or only) plane; 0 for no such format.
+    let bytes_per_pixel = match format {
+        UNET_PIXEL_FORMAT_RGB8 | UNET_PIXEL_FORMAT_BGR8 => 3,
+        UNET_PIXEL_FORMAT_GRAY8 | UNET_PIXEL_FORMAT_NV12 => 1,
+        UNET_PIXEL_FORMAT_RGBA8 | UNET_PIXEL_FORMAT_BGRA8 => 4,
+        UNET_PIXEL_FORMAT_YUYV | UNET_PIXEL_FORMAT_UYVY => 2,
+        _ => 0,
     };
     let mask_short = usize::from(f.u8() % 4);
     let probabilities = f.u8();
-    let channels = if format == UNET_PIXEL_FORMAT_GRAY8 {
-        1
-    } else {
-        3
-    };
-    let stride = width * channels + pad;
-    // The header's contract: `stride * (height - 1) + width * channels` bytes.
-    let len = if width == 0 || height == 0 {
+    let stride = width * bytes_per_pixel.max(1) + pad;
+    // The least any frame of this geometry reads: the first plane's rows.
+    let least = if width == 0 || height == 0 {
         0
     } else {
-        stride * (height - 1) + width * channels
+        stride * (height - 1) + width * bytes_per_pixel.max(1)
+    };
+    // NV12's chroma plane follows: half the rows again, rounded up.
+    let planes = if format == UNET_PIXEL_FORMAT_NV12 {
+        least + stride * height.div_ceil(2)
+    } else {
+        least
+    };
+    let short = usize::from(f.u8());
+    let len = match short {
+        0..=191 => planes,
+        _ => planes.saturating_sub(usize::from(f.u16())),
     };
     let pixels: Vec<u8> = f.0.iter().copied().cycle().take(len).collect();
     if pixels.len() < len {
@@ -306,6 +336,11 @@ pub fn cabi(data: &[u8]) {
     };
     if status == UnetStatus::Ok {
         assert!(width > 0 && height > 0, "an empty frame was accepted");
+        assert!(bytes_per_pixel > 0, "pixel format {format} was accepted");
+        assert!(
+            pixels.len() >= least,
+            "a frame longer than its buffer was accepted"
+        );
         assert!(mask.len() >= plane, "a short mask buffer was accepted");
         assert!(mask.iter().all(|&m| m <= 1), "binary mask values");
     }
