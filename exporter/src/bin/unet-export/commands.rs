@@ -237,14 +237,9 @@ fn run_export(args: ExportArgs, out: Out) -> anyhow::Result<ExitCode> {
             &check_opts,
         )
         .with_context(|| format!("checking {}", output.display()))?;
-        out.report(&report);
-        write_json_report(&report, args.check.parity.report.as_deref())?;
-        if !report.passed() {
-            eprintln!(
-                "error: {} does not match {} within tolerance; not written",
-                output.display(),
-                model_path.display()
-            );
+        let json = args.check.parity.report.as_deref();
+        let reference = model_path.display().to_string();
+        if !gate_passed(&report, json, &output, &reference, out)? {
             return Ok(ExitCode::from(EXIT_DRIFT));
         }
     }
@@ -259,6 +254,26 @@ fn run_export(args: ExportArgs, out: Out) -> anyhow::Result<ExitCode> {
         elapsed.as_secs_f64()
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a written file's parity report (and its JSON); false, with the
+/// reason on stderr, when the file failed it and is not to be written.
+fn gate_passed(
+    report: &Report,
+    json: Option<&Path>,
+    output: &Path,
+    reference: &str,
+    out: Out,
+) -> anyhow::Result<bool> {
+    out.report(report);
+    write_json_report(report, json)?;
+    if !report.passed() {
+        eprintln!(
+            "error: {} does not match {reference} within tolerance; not written",
+            output.display()
+        );
+    }
+    Ok(report.passed())
 }
 
 fn write_json_report(report: &Report, path: Option<&Path>) -> anyhow::Result<()> {
@@ -428,13 +443,8 @@ fn run_nnef(args: NnefArgs, out: Out) -> anyhow::Result<ExitCode> {
         (None, None) => check::check_against(&args.onnx, Runner::Tract, tmp.path(), &opts),
     }
     .with_context(|| format!("checking {}", output.display()))?;
-    out.report(&report);
-    write_json_report(&report, args.parity.report.as_deref())?;
-    if !report.passed() {
-        eprintln!(
-            "error: {} does not match its reference within tolerance; not written",
-            output.display()
-        );
+    let json = args.parity.report.as_deref();
+    if !gate_passed(&report, json, &output, "its reference", out)? {
         return Ok(ExitCode::from(EXIT_DRIFT));
     }
     tmp.persist(&output)
