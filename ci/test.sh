@@ -68,7 +68,8 @@ done
 rm -rf "$goldens"
 
 # ARM64: the runtime cross-built with Debian's Rust and its tests run under qemu-user
-# (a cold cross-build takes 10-14 minutes on 2 cores; UNET_CI_AARCH64=0 leaves it out).
+# (cold: about 15 minutes on 2 cores, a fresh-clone .ci/run about 33 in all;
+# UNET_CI_AARCH64=0 leaves it out).
 if [ "${UNET_CI_AARCH64:-1}" = 1 ]; then
   echo "== aarch64: cross-built runtime, its tests under qemu-user (ci/build-aarch64.sh)"
   bash ci/build-aarch64.sh --test
