@@ -244,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn peaks_are_positive_and_scale_with_threads() {
+    fn a_peak_is_measured_and_no_threads_measure_nothing() {
         let Some(&isa) = Isa::available().first() else {
             return;
         };

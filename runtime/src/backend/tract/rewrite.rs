@@ -507,18 +507,9 @@ mod tests {
         Ok(())
     }
 
-    /// f32 FMAs of a whole graph, as tract's ops (and ours) report them.
+    /// f32 FMAs of a whole graph, counted as the session counts them.
     fn fmas(model: &TypedModel) -> TractResult<i64> {
-        let mut total = 0;
-        for node in model.nodes() {
-            let inputs = model.node_input_facts(node.id)?;
-            for (cost, count) in node.op.cost(&inputs)? {
-                if cost == tract_core::ops::Cost::FMA(f32::datum_type()) {
-                    total += count.to_i64()?;
-                }
-            }
-        }
-        Ok(total)
+        Ok(super::super::fmas(model) as i64)
     }
 
     #[test]
