@@ -2,7 +2,8 @@
 # Runtime benchmarks (issue targets; not part of the test run):
 #  - this CPU's FMA peak per instruction set (unet-kernels' probe)
 #  - tract vs ONNX Runtime CPU latency, unet-16, unet (base 64) and attention-unet-16 at
-#    256² and 512², 2 threads, with the tract path's GFLOP/s and fraction of the peak, on
+#    256² and 512², 2 threads, with the tract path's GFLOP/s and fraction of the peak
+#    (and tract without Winograd's 3x3 convolutions, UNET_WINOGRAD=0), on
 #    each x86 path in turn: AVX-512 (tract's kernels forced on with TRACT_CPU_ISA=+avx512f,
 #    gemm's with the `avx512` feature) and AVX2 (-avx512f, a build without `avx512`)
 #  - peak RSS of unet-infer on one 512² frame (base 16, tract), with and without --low-memory
@@ -59,6 +60,9 @@ for path in "${paths[@]:-native}"; do
       echo "-- $path: $preset.fold $size"
       TRACT_CPU_ISA="$isa" "$infer" bench "$out/$preset.fold.onnx" --size "$size" --runs "$runs" \
         --threads 2 --backend "${backends[@]}"
+      echo "   the same on im2col only (UNET_WINOGRAD=0):"
+      UNET_WINOGRAD=0 TRACT_CPU_ISA="$isa" "$infer" bench "$out/$preset.fold.onnx" --size "$size" \
+        --runs "$runs" --threads 2 --backend tract | grep '^tract'
     done
   done
 done

@@ -29,6 +29,7 @@ mod onnx;
 pub(crate) mod rewrite;
 mod tiled_conv;
 mod tiled_deconv;
+mod tiled_winograd;
 
 type Plan = Arc<TypedRunnableModel>;
 

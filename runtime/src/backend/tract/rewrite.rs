@@ -19,14 +19,23 @@ use tract_core::prelude::*;
 
 use super::tiled_conv::{self, TiledConv};
 use super::tiled_deconv::TiledDeconv;
+use super::tiled_winograd;
+use unet_kernels::winograd;
 
 /// `model` declutterred and optimised as `into_optimized` does, with the
-/// convolutions [`TiledConv`] suits on `threads` threads replaced by it.
+/// convolutions [`TiledConv`] suits on `threads` threads replaced by it, 3x3
+/// ones by Winograd unless `UNET_WINOGRAD=0` (to measure the im2col path).
 pub fn optimize(model: TypedModel, threads: usize) -> TractResult<TypedModel> {
+    let winograd = std::env::var_os("UNET_WINOGRAD").is_none_or(|v| v != "0");
+    optimize_with(model, threads, winograd)
+}
+
+/// [`optimize`], with or without Winograd for the 3x3 convolutions it suits.
+pub fn optimize_with(model: TypedModel, threads: usize, winograd: bool) -> TractResult<TypedModel> {
     let mut model = model.into_decluttered()?;
     let mut optimizer = Optimizer::codegen();
     // After constant propagation and axis merging, before the generic codegen.
-    optimizer.add_pass(2, Box::new(UseTiledConvs { threads }));
+    optimizer.add_pass(2, Box::new(UseTiledConvs { threads, winograd }));
     optimizer.optimize(&mut model)?;
     Ok(model)
 }
@@ -38,6 +47,7 @@ pub fn optimize(model: TypedModel, threads: usize) -> TractResult<TypedModel> {
 #[derive(Clone, Debug)]
 struct UseTiledConvs {
     threads: usize,
+    winograd: bool,
 }
 
 impl TypedPass for UseTiledConvs {
@@ -51,7 +61,7 @@ impl TypedPass for UseTiledConvs {
         model: &TypedModel,
     ) -> TractResult<Option<TypedModelPatch>> {
         for node in &model.nodes {
-            if let Some(patch) = tiled_conv(model, node, self.threads)? {
+            if let Some(patch) = tiled_conv(model, node, self.threads, self.winograd)? {
                 return Ok(Some(patch));
             }
             if let Some(patch) = tiled_deconv(model, node, self.threads)? {
@@ -144,11 +154,13 @@ fn constant_weights(
 /// The patch turning `node` into a [`TiledConv`], if it is a stride-1,
 /// ungrouped f32 NCHW convolution with constant weights, a kernel larger than
 /// 1x1 (a 1x1 needs no im2col: tract runs it as one matrix product) and a
-/// shape [`tiled_conv::suits`] on `threads` threads.
+/// shape [`tiled_conv::suits`] on `threads` threads, or one that runs by
+/// Winograd: where [`uses_winograd`] says so and `winograd` allows it.
 fn tiled_conv(
     model: &TypedModel,
     node: &TypedNode,
     threads: usize,
+    winograd: bool,
 ) -> TractResult<Option<TypedModelPatch>> {
     let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
@@ -187,7 +199,9 @@ fn tiled_conv(
     ) else {
         return Ok(None);
     };
-    if !tiled_conv::suits(cin * kh * kw, n, (ho, wo), threads) {
+    // Winograd spreads the tiles of deep, low-resolution layers over all threads.
+    let winograd = winograd && uses_winograd((kh, kw), cin);
+    if !winograd && !tiled_conv::suits(cin * kh * kw, n, (ho, wo), threads) {
         return Ok(None);
     }
     let cout = spec.output_channels;
@@ -225,6 +239,14 @@ fn tiled_conv(
             relu = true;
         }
     }
+    let winograd = winograd.then(|| -> TractResult<_> {
+        let u = winograd::transform_weights(tiled_conv::plain_f32(&weights)?, cout, cin);
+        Ok(Arc::new(tensor1(&u).into_shape(&[
+            winograd::POINTS,
+            cout,
+            cin,
+        ])?))
+    });
     let op = TiledConv {
         parts,
         output_channels: cout,
@@ -234,6 +256,7 @@ fn tiled_conv(
         bias: Arc::new(bias),
         relu,
         pool: false,
+        winograd: winograd.transpose()?,
     };
     let mut patch = TypedModelPatch::default();
     let taps = inputs
@@ -243,6 +266,13 @@ fn tiled_conv(
     let wire = patch.wire_node(&node.name, op, &taps)?[0];
     patch.shunt_outside(model, output, wire)?;
     Ok(Some(patch))
+}
+
+/// Whether a [`TiledConv`] with this kernel and `cin` input channels suits
+/// Winograd F(2×2, 3×3): a 3x3 kernel over at least
+/// [`tiled_winograd::MIN_CHANNELS`] channels.
+fn uses_winograd(kernel: (usize, usize), cin: usize) -> bool {
+    kernel == (3, 3) && cin >= tiled_winograd::MIN_CHANNELS
 }
 
 /// The patch folding `node`, a 2x2, stride-2 max-pooling of a [`TiledConv`]'s
@@ -460,6 +490,11 @@ mod tests {
     fn run(model: TypedModel, threads: usize) -> TractResult<Vec<f32>> {
         let a = tract_ndarray::Array4::from_shape_vec((N, 8, H, W), values(N * 8 * H * W, 20))?;
         let b = tract_ndarray::Array4::from_shape_vec((N, 16, H, W), values(N * 16 * H * W, 21))?;
+        run_on(model, tvec!(Tensor::from(a), Tensor::from(b)), threads)
+    }
+
+    /// The outputs of `model` on `inputs`, one after the other, with `threads` threads.
+    fn run_on(model: TypedModel, inputs: TVec<Tensor>, threads: usize) -> TractResult<Vec<f32>> {
         let executor = if threads > 1 {
             Executor::multithread(threads)
         } else {
@@ -470,7 +505,7 @@ mod tests {
             ..RunOptions::default()
         };
         let plan = model.into_runnable_with_options(&options)?;
-        let out = plan.run(tvec!(Tensor::from(a).into(), Tensor::from(b).into()))?;
+        let out = plan.run(inputs.into_iter().map(TValue::from).collect())?;
         let mut values = vec![];
         for output in &out {
             values.extend(output.to_plain_array_view::<f32>()?.iter().copied());
@@ -491,9 +526,18 @@ mod tests {
         let expected = run(model(false)?.into_optimized()?, 1)?;
         // The 2x3 conv's last output column sees only padding: its value is the bias.
         assert!(expected.iter().any(|v| *v != 0.0));
-        for threads in [1, 2] {
-            let ours = optimize(model(false)?, threads)?;
+        for (threads, winograd) in [(1, false), (2, false), (1, true), (2, true)] {
+            let ours = optimize_with(model(false)?, threads, winograd)?;
             assert_eq!(count(&ours, "TiledConv"), 3, "{:?}", op_names(&ours));
+            // The two 3x3 convolutions (one over a concatenation, pooled; one
+            // unpadded, to an odd height) by Winograd, the 2x3 one by im2col.
+            let by_winograd = ours
+                .nodes
+                .iter()
+                .filter_map(|n| n.op_as::<TiledConv>())
+                .filter(|conv| conv.winograd.is_some())
+                .count();
+            assert_eq!(by_winograd, if winograd { 2 } else { 0 });
             // The concatenation, the ReLU and the max-pooling are folded in.
             assert_eq!(count(&ours, "Concat"), 0, "{:?}", op_names(&ours));
             assert!(
@@ -502,7 +546,10 @@ mod tests {
                 op_names(&ours)
             );
             let err = max_abs_difference(&run(ours, threads)?, &expected);
-            assert!(err < 1e-4, "{threads} threads: max abs difference {err}");
+            assert!(
+                err < 1e-4,
+                "{threads} threads, winograd {winograd}: max abs difference {err}"
+            );
         }
         Ok(())
     }
@@ -620,6 +667,63 @@ mod tests {
                 .collect();
             let err = max_abs_difference(&out, &expected);
             assert!(err < 1e-4, "{threads} threads: max abs difference {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn deep_low_resolution_convs_run_by_winograd_on_all_threads() -> TractResult<()> {
+        // Too few pixels for one-thread tiles: 40 channels at 9x7, to an odd
+        // size, ReLU and pooled, then an unpadded conv.
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, 40, 9, 7]))?;
+        let mut wire = x;
+        let mut pooled = None;
+        for (i, (cin, cout, padding)) in
+            [(40, 24, [1; 4]), (24, 16, [0; 4])].into_iter().enumerate()
+        {
+            assert!(!tiled_conv::suits(cin * 9, 1, (9, 7), 2));
+            let kernel = tract_ndarray::Array4::from_shape_vec(
+                (cout, cin, 3, 3),
+                values(cout * cin * 9, 30 + i as u32),
+            )?;
+            let kernel = model.add_const(format!("w{i}"), Tensor::from(kernel))?;
+            let bias = tract_ndarray::Array1::from_vec(values(cout, 40 + i as u32));
+            let bias = model.add_const(format!("b{i}"), Tensor::from(bias))?;
+            let op = conv(cin, cout, (3, 3), padding);
+            wire = model.wire_node(format!("conv{i}"), op, &[wire, kernel, bias])?[0];
+            if i == 0 {
+                let zero = model.add_const("zero", Tensor::zero::<f32>(&[1, 1, 1, 1])?)?;
+                wire = model.wire_node("relu", max(), &[wire, zero])?[0];
+                let pool = MaxPool {
+                    pool_spec: PoolSpec {
+                        data_format: DataFormat::NCHW,
+                        kernel_shape: tvec!(2, 2),
+                        padding: PaddingSpec::Valid,
+                        dilations: None,
+                        strides: Some(tvec!(2, 2)),
+                        input_channels: cout,
+                        output_channels: cout,
+                    },
+                    with_index_outputs: None,
+                };
+                pooled = Some(model.wire_node("pool", pool, &[wire])?[0]);
+            }
+        }
+        let pooled = tract_core::internal::TractErrorContext::context(pooled, "no pooling")?;
+        model.select_output_outlets(&[wire, pooled])?;
+        let input = || -> TractResult<TVec<Tensor>> {
+            let x = tract_ndarray::Array4::from_shape_vec((1, 40, 9, 7), values(40 * 63, 50))?;
+            Ok(tvec!(Tensor::from(x)))
+        };
+        let expected = run_on(model.clone().into_optimized()?, input()?, 1)?;
+        for threads in [1, 2] {
+            let ours = optimize_with(model.clone(), threads, true)?;
+            assert_eq!(count(&ours, "TiledConv"), 2, "{:?}", op_names(&ours));
+            let err = max_abs_difference(&run_on(ours, input()?, threads)?, &expected);
+            assert!(err < 1e-4, "{threads} threads: max abs difference {err}");
+            let im2col = optimize_with(model.clone(), threads, false)?;
+            assert_eq!(count(&im2col, "TiledConv"), 0, "{:?}", op_names(&im2col));
         }
         Ok(())
     }

@@ -10,6 +10,9 @@
 //! the weights on the same core, and adds the bias and the ReLU while the
 //! tile is still in cache. When a 2x2 max-pooling reads the output (U-Net's
 //! encoder), the pooled rows are a second output, made from the same tile.
+//!
+//! A 3x3 convolution over enough channels runs by Winograd's F(2×2, 3×3)
+//! instead (`tiled_winograd.rs`).
 
 use std::sync::Arc;
 
@@ -37,6 +40,9 @@ pub struct TiledConv {
     /// Also output the 2x2, stride-2 max-pooling of the output (after the
     /// ReLU), computed while each tile is in cache.
     pub pool: bool,
+    /// For a 3x3 kernel run by Winograd F(2×2, 3×3): the transformed weights,
+    /// `[16, output_channels, Σparts]` ([`unet_kernels::winograd::transform_weights`]).
+    pub winograd: Option<Arc<Tensor>>,
 }
 
 /// Patch-matrix elements per tile when each thread works alone: 256 KiB of f32.
@@ -44,17 +50,17 @@ const PATCH_ELEMS: usize = 64 << 10;
 
 /// The geometry of one evaluation.
 #[derive(Clone, Copy)]
-struct Geometry {
-    h: usize,
-    w: usize,
-    ho: usize,
-    wo: usize,
+pub(super) struct Geometry {
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
     /// Rows of the patch matrix: Σparts · kh · kw.
-    depth: usize,
+    pub(super) depth: usize,
 }
 
 impl TiledConv {
-    fn input_channels(&self) -> usize {
+    pub(super) fn input_channels(&self) -> usize {
         self.parts.iter().sum()
     }
 
@@ -166,21 +172,43 @@ impl TiledConv {
                     row.iter_mut().for_each(|v| *v += bias);
                 }
             }
-            if self.pool {
-                let (hp, wp) = (g.ho / 2, g.wo / 2);
-                for co in 0..self.output_channels {
-                    let channel = std::slice::from_raw_parts(dst.add(co * plane), cols);
-                    let into = pooled.add((b * self.output_channels + co) * hp * wp);
-                    // Pairs of rows within the tile; an odd last row pools into nothing.
-                    for (pair, y) in channel.chunks_exact(2 * g.wo).zip((y0 / 2)..hp) {
-                        let (top, bottom) = pair.split_at(g.wo);
-                        let row = std::slice::from_raw_parts_mut(into.add(y * wp), wp);
-                        for (x, v) in row.iter_mut().enumerate() {
-                            *v = top[2 * x]
-                                .max(top[2 * x + 1])
-                                .max(bottom[2 * x])
-                                .max(bottom[2 * x + 1]);
-                        }
+            self.pool_tile(g, b, y0, y1, out, pooled);
+        }
+    }
+
+    /// The pooled rows `y0/2..y1/2` of image `b` from output rows `y0..y1`.
+    ///
+    /// # Safety
+    /// As for [`Self::tile`], and output rows `y0..y1` are written.
+    pub(super) unsafe fn pool_tile(
+        &self,
+        g: Geometry,
+        b: usize,
+        y0: usize,
+        y1: usize,
+        out: *const f32,
+        pooled: *mut f32,
+    ) {
+        if !self.pool {
+            return;
+        }
+        let (hp, wp) = (g.ho / 2, g.wo / 2);
+        let plane = g.ho * g.wo;
+        for co in 0..self.output_channels {
+            // SAFETY: the caller owns these rows, inside both outputs.
+            unsafe {
+                let first = out.add((b * self.output_channels + co) * plane + y0 * g.wo);
+                let channel = std::slice::from_raw_parts(first, (y1 - y0) * g.wo);
+                let into = pooled.add((b * self.output_channels + co) * hp * wp);
+                // Pairs of rows within the tile; an odd last row pools into nothing.
+                for (pair, y) in channel.chunks_exact(2 * g.wo).zip((y0 / 2)..hp) {
+                    let (top, bottom) = pair.split_at(g.wo);
+                    let row = std::slice::from_raw_parts_mut(into.add(y * wp), wp);
+                    for (x, v) in row.iter_mut().enumerate() {
+                        *v = top[2 * x]
+                            .max(top[2 * x + 1])
+                            .max(bottom[2 * x])
+                            .max(bottom[2 * x + 1]);
                     }
                 }
             }
@@ -205,8 +233,11 @@ impl TiledConv {
         (out, pooled): (OutputPtr, OutputPtr),
         threads: usize,
     ) -> TractResult<()> {
-        let weights_and_bias = (plain_f32(&self.weights)?, plain_f32(&self.bias)?);
+        if let Some(u) = &self.winograd {
+            return self.run_winograd(plain_f32(u)?, inputs, n, g, (out, pooled), threads);
+        }
         let rows = self.rows_per_tile(g);
+        let weights_and_bias = (plain_f32(&self.weights)?, plain_f32(&self.bias)?);
         let len = g.depth * rows * g.wo;
         for_each_tile(n, g.ho, rows, threads, |b, y0, y1| {
             with_scratch(len, |patches| {
@@ -322,8 +353,14 @@ impl Op for TiledConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{:?} -> {}, kernel {:?}, padding {:?}, relu {}, pool {}",
-            self.parts, self.output_channels, self.kernel, self.padding, self.relu, self.pool
+            "{:?} -> {}, kernel {:?}, padding {:?}, relu {}, pool {}, winograd {}",
+            self.parts,
+            self.output_channels,
+            self.kernel,
+            self.padding,
+            self.relu,
+            self.pool,
+            self.winograd.is_some()
         )])
     }
 

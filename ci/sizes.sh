@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# What the runtime weighs on a device, per target (x86-64 and, with --aarch64, the
+# cross-built aarch64 one; see ci/build-aarch64.sh):
+#  - unet-infer, edge profile (fat LTO, opt-level s, panic=abort, stripped), tract only:
+#    the ONNX build (tract-onnx) and the ONNX-free NNEF build (tract-nnef);
+#  - libunet_runtime.a, release-lto profile (the C library keeps unwinding: it catches
+#    panics at the boundary), ONNX + NNEF and NNEF only, after `strip --strip-debug`
+#    (what a firmware link pulls from it is smaller still: only the objects it uses).
+# Slow (fat LTO, one build each): not part of the test run.
+# usage: ci/sizes.sh [--aarch64]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+targets=(x86_64-unknown-linux-gnu)
+[ "${1:-}" = --aarch64 ] && targets+=(aarch64-unknown-linux-gnu)
+out=target/sizes
+mkdir -p "$out"
+
+mib() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.2f MiB", b / 1048576 }'; }
+
+for triple in "${targets[@]}"; do
+  strip_tool=strip
+  if [ "$triple" = aarch64-unknown-linux-gnu ]; then
+    # Debian's cross compiler, linker and qemu runner, installed if missing.
+    eval "$(bash ci/build-aarch64.sh --print-env | grep '^export')"
+    strip_tool=aarch64-linux-gnu-strip
+  fi
+  # The host build without --target shares target/<profile> with the other host builds.
+  build=(cargo build --locked -q -p unet-runtime --no-default-features)
+  dir=target
+  if [ "$triple" != x86_64-unknown-linux-gnu ]; then
+    build+=(--target "$triple")
+    dir="target/$triple"
+  fi
+  for variant in "onnx:tract" "nnef:nnef"; do
+    name="${variant%%:*}" features="${variant#*:}"
+    "${build[@]}" --profile edge --features "$features,cli" --bin unet-infer
+    cp "$dir/edge/unet-infer" "$out/unet-infer-$name-$triple"
+    "${build[@]}" --profile release-lto --features "$features" --lib
+    "$strip_tool" --strip-debug -o "$out/libunet_runtime-$name-$triple.a" \
+      "$dir/release-lto/libunet_runtime.a"
+  done
+  for name in onnx nnef; do
+    echo "$triple $name: unet-infer (edge) $(mib "$out/unet-infer-$name-$triple"), libunet_runtime.a (release-lto, --strip-debug) $(mib "$out/libunet_runtime-$name-$triple.a")"
+  done
+done

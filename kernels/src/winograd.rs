@@ -1,0 +1,447 @@
+//! Winograd's minimal filtering F(2×2, 3×3) (Lavin and Gray, "Fast Algorithms
+//! for Convolutional Neural Networks", 2016): a 3×3 convolution's 2×2 output
+//! tile from a 4×4 input tile with 16 multiplications instead of 36.
+//!
+//! Over C input and K output channels, the 16 transformed points are 16
+//! independent matrix products, `M[p] = U[p] (K×C) · V[p] (C×tiles)`, where
+//! `U = G g Gᵀ` are the transformed weights and `V = Bᵀ d B` the transformed
+//! input tiles; `Y = Aᵀ M A` then gives each output tile. The matrix products
+//! are the caller's (its own GEMM); this module has the three transforms.
+//! They work on a row of tiles at a time, in chunks laid out so that every
+//! step is a contiguous, vectorisable loop over tiles.
+//!
+//! The transforms add and subtract only, so F(2×2, 3×3) loses little
+//! precision: its error stays within a few ulps of the direct sum's.
+
+/// Side of an output tile.
+pub const TILE: usize = 2;
+/// Transformed points per tile: the number of matrix products.
+pub const POINTS: usize = 16;
+
+/// Tiles transformed together, sized for stack buffers that stay in L1.
+const CHUNK: usize = 64;
+
+/// `U = G g Gᵀ` for OIHW 3×3 weights `[cout][cin][3][3]`, laid out as
+/// `[16][cout][cin]`: point p's `cout × cin` matrix, row-major.
+pub fn transform_weights(weights: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    assert_eq!(weights.len(), cout * cin * 9, "3x3 OIHW weights");
+    let mut u = vec![0.0; POINTS * cout * cin];
+    for (oc, g) in weights.chunks_exact(9).enumerate() {
+        // G g: 4×3, one row of G per row.
+        let mut gg = [[0.0f32; 3]; 4];
+        for x in 0..3 {
+            let (g0, g1, g2) = (g[x], g[3 + x], g[6 + x]);
+            gg[0][x] = g0;
+            gg[1][x] = 0.5 * (g0 + g1 + g2);
+            gg[2][x] = 0.5 * (g0 - g1 + g2);
+            gg[3][x] = g2;
+        }
+        for (a, row) in gg.iter().enumerate() {
+            let [g0, g1, g2] = *row;
+            let transformed = [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2];
+            for (b, value) in transformed.into_iter().enumerate() {
+                u[(4 * a + b) * cout * cin + oc] = value;
+            }
+        }
+    }
+    u
+}
+
+/// One row of input tiles of one channel: `rows` are the four input rows
+/// under it (`None` for a row of padding), tile j covers input columns
+/// `2j - left .. 2j - left + 4` (zero outside the row), and point p of tile
+/// j goes to `v[p * stride + j]`.
+pub fn transform_input_row(
+    rows: [Option<&[f32]>; 4],
+    left: usize,
+    tiles: usize,
+    v: &mut [f32],
+    stride: usize,
+) {
+    assert!(stride >= tiles, "points overlap");
+    assert!(
+        tiles == 0 || v.len() > 15 * stride + tiles - 1,
+        "v too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { x86::input_row_avx512(rows, left, tiles, v, stride) };
+        }
+        if x86::has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { x86::input_row_avx2(rows, left, tiles, v, stride) };
+        }
+    }
+    input_row(rows, left, tiles, v, stride)
+}
+
+/// One row of output tiles of one output channel: point p of tile j is
+/// `m[p * stride + j]`; tile j's pixels go to columns 2j, 2j + 1 of the two
+/// output rows (those that exist: `out[1]` is `None` below an odd last row,
+/// and a column past the row's end is dropped), plus `bias`, then the ReLU.
+pub fn transform_output_row(
+    m: &[f32],
+    stride: usize,
+    tiles: usize,
+    (bias, relu): (f32, bool),
+    out: [Option<&mut [f32]>; 2],
+) {
+    assert!(
+        tiles == 0 || m.len() > 15 * stride + tiles - 1,
+        "m too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { x86::output_row_avx512(m, stride, tiles, (bias, relu), out) };
+        }
+        if x86::has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { x86::output_row_avx2(m, stride, tiles, (bias, relu), out) };
+        }
+    }
+    output_row(m, stride, tiles, (bias, relu), out)
+}
+
+/// The transforms compiled for the wider x86 vector units: the loops below
+/// are written for the compiler to vectorise, and it does so per target.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    pub fn has_avx2() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn input_row_avx512(
+        rows: [Option<&[f32]>; 4],
+        left: usize,
+        tiles: usize,
+        v: &mut [f32],
+        stride: usize,
+    ) {
+        super::input_row(rows, left, tiles, v, stride)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn input_row_avx2(
+        rows: [Option<&[f32]>; 4],
+        left: usize,
+        tiles: usize,
+        v: &mut [f32],
+        stride: usize,
+    ) {
+        super::input_row(rows, left, tiles, v, stride)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn output_row_avx512(
+        m: &[f32],
+        stride: usize,
+        tiles: usize,
+        bias_relu: (f32, bool),
+        out: [Option<&mut [f32]>; 2],
+    ) {
+        super::output_row(m, stride, tiles, bias_relu, out)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn output_row_avx2(
+        m: &[f32],
+        stride: usize,
+        tiles: usize,
+        bias_relu: (f32, bool),
+        out: [Option<&mut [f32]>; 2],
+    ) {
+        super::output_row(m, stride, tiles, bias_relu, out)
+    }
+}
+
+/// Four rows of a chunk of tiles' columns, and one column more (a tile's
+/// last two columns are the next one's first two).
+type Columns = [[f32; CHUNK + 1]; 4];
+
+#[inline(always)]
+fn input_row(rows: [Option<&[f32]>; 4], left: usize, tiles: usize, v: &mut [f32], stride: usize) {
+    // The even and odd columns of the four input rows, then of Bᵀ d.
+    let mut even: Columns = [[0.0; CHUNK + 1]; 4];
+    let mut odd: Columns = [[0.0; CHUNK + 1]; 4];
+    for j0 in (0..tiles).step_by(CHUNK) {
+        let n = CHUNK.min(tiles - j0);
+        let start = (2 * j0) as isize - left as isize;
+        for ((row, e), o) in rows.iter().zip(&mut even).zip(&mut odd) {
+            deinterleave(*row, start, &mut e[..=n], &mut o[..=n]);
+        }
+        rows_bt_d(&mut even);
+        rows_bt_d(&mut odd);
+        // (Bᵀ d) B, the same on columns: column 2j is even[j], 2j+1 odd[j],
+        // 2j+2 even[j+1] and 2j+3 odd[j+1].
+        for (a, (e, o)) in even.iter().zip(&odd).enumerate() {
+            let (e0, e1, o0, o1) = (&e[..n], &e[1..=n], &o[..n], &o[1..=n]);
+            let at = |b: usize| (4 * a + b) * stride + j0;
+            combine(&mut v[at(0)..at(0) + n], e0, e1, |x, y| x - y);
+            combine(&mut v[at(1)..at(1) + n], o0, e1, |x, y| x + y);
+            combine(&mut v[at(2)..at(2) + n], e1, o0, |x, y| x - y);
+            combine(&mut v[at(3)..at(3) + n], o0, o1, |x, y| x - y);
+        }
+    }
+}
+
+/// `out[k] = f(x[k], y[k])`.
+#[inline(always)]
+fn combine(out: &mut [f32], x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((out, &x), &y) in out.iter_mut().zip(x).zip(y) {
+        *out = f(x, y);
+    }
+}
+
+/// Bᵀ d over the rows of a chunk: d0 - d2, d1 + d2, d2 - d1, d1 - d3.
+#[inline(always)]
+fn rows_bt_d(d: &mut Columns) {
+    let [d0, d1, d2, d3] = d;
+    let rows = d0
+        .iter_mut()
+        .zip(d1.iter_mut())
+        .zip(d2.iter_mut())
+        .zip(d3.iter_mut());
+    for (((r0, r1), r2), r3) in rows {
+        let (x0, x1, x2, x3) = (*r0, *r1, *r2, *r3);
+        *r0 = x0 - x2;
+        *r1 = x1 + x2;
+        *r2 = x2 - x1;
+        *r3 = x1 - x3;
+    }
+}
+
+/// `even[k] = row[start + 2k]`, `odd[k] = row[start + 2k + 1]`, zero outside the row.
+#[inline(always)]
+fn deinterleave(row: Option<&[f32]>, start: isize, even: &mut [f32], odd: &mut [f32]) {
+    let Some(row) = row else {
+        even.fill(0.0);
+        odd.fill(0.0);
+        return;
+    };
+    // The tiles whose two columns are both inside the row, by a plain
+    // de-interleaving copy; the one or two at each edge one by one.
+    let n = even.len();
+    let k_lo = (start.min(0).unsigned_abs()).div_ceil(2).min(n);
+    let k_hi = ((row.len() as isize - start).max(0) as usize / 2).clamp(k_lo, n);
+    if k_hi > k_lo {
+        let first = (start + 2 * k_lo as isize) as usize;
+        let pairs = row[first..first + 2 * (k_hi - k_lo)].chunks_exact(2);
+        let inside = even[k_lo..k_hi].iter_mut().zip(&mut odd[k_lo..k_hi]);
+        for ((e, o), pair) in inside.zip(pairs) {
+            *e = pair[0];
+            *o = pair[1];
+        }
+    }
+    let at = |x: isize| {
+        usize::try_from(x)
+            .ok()
+            .and_then(|x| row.get(x))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    for k in (0..k_lo).chain(k_hi..n) {
+        even[k] = at(start + 2 * k as isize);
+        odd[k] = at(start + 2 * k as isize + 1);
+    }
+}
+
+#[inline(always)]
+fn output_row(
+    m: &[f32],
+    stride: usize,
+    tiles: usize,
+    (bias, relu): (f32, bool),
+    mut out: [Option<&mut [f32]>; 2],
+) {
+    // Aᵀ M per column b of the tiles' 4x4 points: rows m0 + m1 + m2 and
+    // m1 - m2 - m3, for a chunk of tiles.
+    let mut s = [[[0.0f32; CHUNK]; 4]; 2];
+    for j0 in (0..tiles).step_by(CHUNK) {
+        let n = CHUNK.min(tiles - j0);
+        let point = |p: usize| &m[p * stride + j0..p * stride + j0 + n];
+        for b in 0..4 {
+            let (m0, m1, m2, m3) = (point(b), point(4 + b), point(8 + b), point(12 + b));
+            let [upper, lower] = &mut s;
+            let (upper, lower) = (&mut upper[b][..n], &mut lower[b][..n]);
+            for k in 0..n {
+                upper[k] = m0[k] + m1[k] + m2[k];
+                lower[k] = m1[k] - m2[k] - m3[k];
+            }
+        }
+        // · A on the columns alike, then the bias and the ReLU, into the rows.
+        for (row, s) in out.iter_mut().zip(&s) {
+            let Some(row) = row else { continue };
+            let row = &mut row[2 * j0..];
+            if relu {
+                store_pixels(row, s, n, |v| (v + bias).max(0.0));
+            } else {
+                store_pixels(row, s, n, |v| v + bias);
+            }
+        }
+    }
+}
+
+/// Output columns 2k and 2k + 1 of `row` for tiles k < n: `s0 + s1 + s2` and
+/// `s1 - s2 - s3` through `pixel`; an odd row's last tile gives one column.
+#[inline(always)]
+fn store_pixels(row: &mut [f32], s: &[[f32; CHUNK]; 4], n: usize, pixel: impl Fn(f32) -> f32) {
+    let [s0, s1, s2, s3] = s;
+    let pairs = n.min(row.len() / 2);
+    let (s0, s1, s2, s3) = (&s0[..pairs], &s1[..pairs], &s2[..pairs], &s3[..pairs]);
+    for (k, pair) in row[..2 * pairs].chunks_exact_mut(2).enumerate() {
+        pair[0] = pixel(s0[k] + s1[k] + s2[k]);
+        pair[1] = pixel(s1[k] - s2[k] - s3[k]);
+    }
+    if pairs < n && row.len() % 2 == 1 {
+        let k = pairs;
+        row[2 * k] = pixel(s[0][k] + s[1][k] + s[2][k]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, mut seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// A 3×3 convolution (correlation) with `pad` zeros on every side, by its definition.
+    fn direct(
+        input: &[f32],
+        weights: &[f32],
+        (cin, cout, h, w, pad): (usize, usize, usize, usize, usize),
+    ) -> Vec<f32> {
+        let (ho, wo) = (h + 2 * pad - 2, w + 2 * pad - 2);
+        let mut out = vec![0.0; cout * ho * wo];
+        for oc in 0..cout {
+            for y in 0..ho {
+                for x in 0..wo {
+                    let mut sum = 0.0f64;
+                    for ic in 0..cin {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = (
+                                    (y + ky) as isize - pad as isize,
+                                    (x + kx) as isize - pad as isize,
+                                );
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    sum += input[(ic * h + iy as usize) * w + ix as usize] as f64
+                                        * weights[((oc * cin + ic) * 3 + ky) * 3 + kx] as f64;
+                                }
+                            }
+                        }
+                    }
+                    out[(oc * ho + y) * wo + x] = sum as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// The same convolution through the three transforms and 16 plain matrix products.
+    fn winograd(
+        input: &[f32],
+        weights: &[f32],
+        (cin, cout, h, w, pad): (usize, usize, usize, usize, usize),
+    ) -> Vec<f32> {
+        let (ho, wo) = (h + 2 * pad - 2, w + 2 * pad - 2);
+        let (ty, tx) = (ho.div_ceil(TILE), wo.div_ceil(TILE));
+        let tiles = ty * tx;
+        let u = transform_weights(weights, cout, cin);
+        let mut v = vec![f32::NAN; POINTS * cin * tiles];
+        for c in 0..cin {
+            let plane = &input[c * h * w..(c + 1) * h * w];
+            for i in 0..ty {
+                let rows = std::array::from_fn(|r| {
+                    let y = (2 * i + r) as isize - pad as isize;
+                    (y >= 0 && (y as usize) < h)
+                        .then(|| &plane[y as usize * w..(y as usize + 1) * w])
+                });
+                transform_input_row(rows, pad, tx, &mut v[c * tiles + i * tx..], cin * tiles);
+            }
+        }
+        let mut m = vec![0.0; POINTS * cout * tiles];
+        for p in 0..POINTS {
+            for oc in 0..cout {
+                for t in 0..tiles {
+                    m[(p * cout + oc) * tiles + t] = (0..cin)
+                        .map(|c| u[(p * cout + oc) * cin + c] * v[(p * cin + c) * tiles + t])
+                        .sum();
+                }
+            }
+        }
+        let mut out = vec![f32::NAN; cout * ho * wo];
+        for oc in 0..cout {
+            let plane = &mut out[oc * ho * wo..(oc + 1) * ho * wo];
+            for i in 0..ty {
+                let (top, bottom) = plane[2 * i * wo..].split_at_mut(wo);
+                let bottom = (2 * i + 1 < ho).then(|| &mut bottom[..wo]);
+                transform_output_row(
+                    &m[oc * tiles + i * tx..],
+                    cout * tiles,
+                    tx,
+                    (0.0, false),
+                    [Some(top), bottom],
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn winograd_computes_the_direct_convolution() {
+        // Even and odd output sizes, with and without padding, more than a chunk of tiles wide.
+        for (shape, seed) in [
+            ((3, 2, 6, 6, 1), 1),
+            ((4, 3, 7, 9, 1), 2),
+            ((2, 5, 9, 8, 0), 3),
+            ((3, 2, 5, 2 * CHUNK + 7, 1), 4),
+        ] {
+            let (cin, cout, h, w, _) = shape;
+            let input = values(cin * h * w, seed);
+            let weights = values(cout * cin * 9, seed + 100);
+            let (expected, got) = (
+                direct(&input, &weights, shape),
+                winograd(&input, &weights, shape),
+            );
+            assert_eq!(expected.len(), got.len());
+            let worst = expected
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 1e-5, "{shape:?}: max abs difference {worst}");
+        }
+    }
+
+    #[test]
+    fn bias_and_relu_are_applied_to_each_output() {
+        // One tile row of two tiles, M = 0 except point 5 (the middle of A's support).
+        let (stride, tiles) = (2, 2);
+        let mut m = vec![0.0; POINTS * stride];
+        m[5 * stride] = 1.0;
+        m[5 * stride + 1] = -3.0;
+        let (mut top, mut bottom) = (vec![9.0; 3], vec![9.0; 3]);
+        transform_output_row(
+            &m,
+            stride,
+            tiles,
+            (0.5, true),
+            [Some(&mut top), Some(&mut bottom)],
+        );
+        // Point (1,1) adds to all four outputs of its tile; the odd width drops the last column.
+        assert_eq!(top, [1.5, 1.5, 0.0]);
+        assert_eq!(bottom, [1.5, 1.5, 0.0]);
+    }
+}
