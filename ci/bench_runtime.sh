@@ -79,7 +79,7 @@ PY
 for memory in "" --low-memory; do
   echo -n "unet-infer ${memory:-(freed memory kept, the default)}: "
   /usr/bin/time -f "peak RSS %M KiB, wall %e s" "$bin/unet-infer" "$out/unet-16.onnx" "$out/frame512.png" \
-    -o "$out/masks" --backend tract --quiet $memory 2>&1
+    -o "$out/masks" --overwrite --backend tract --quiet $memory 2>&1
 done
 
 echo "== stripped tract-only unet-infer"

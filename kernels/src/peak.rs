@@ -70,6 +70,16 @@ impl Isa {
             .filter(|isa| isa.is_available())
             .collect()
     }
+
+    /// The widest instruction set a benchmark's kernels run on: the widest
+    /// available, less AVX-512 when `TRACT_CPU_ISA` turns `avx512f` off (the
+    /// benchmarks' way of forcing the AVX2 path on an AVX-512 CPU).
+    pub fn widest_in_use() -> Option<Isa> {
+        let avx512_off = std::env::var("TRACT_CPU_ISA").is_ok_and(|v| v.contains("-avx512f"));
+        Isa::available()
+            .into_iter()
+            .find(|&isa| !(avx512_off && isa == Isa::Avx512))
+    }
 }
 
 /// A measured peak.

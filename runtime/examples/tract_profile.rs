@@ -1,7 +1,7 @@
 //! Where tract spends a frame: times every node of the optimised plan, sums
 //! by op, and divides each node's f32 FMAs (as its op reports them) by its
 //! time: GFLOP/s and the fraction of this machine's measured FMA peak
-//! (`unet-kernels`' probe, widest instruction set, same thread count).
+//! (`unet-kernels`' probe, widest instruction set in use, same thread count).
 //!
 //! `cargo run --release -p unet-runtime --example tract_profile -- MODEL.onnx [SIZE] [RUNS] [THREADS]`
 //! (`TRACT_CPU_ISA=-avx512f` keeps tract's kernels on AVX2; building without
@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let isa = Isa::available().first().copied();
+    let isa = Isa::widest_in_use();
     let peak = isa.and_then(|isa| measure(isa, threads, Duration::from_secs(1)));
     if let Some(p) = peak {
         println!(

@@ -116,11 +116,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "{:<28} {:>9} {:>9} {:>9} {:>8}  {:>13} {:>9}",
         "provider", "p50", "p90", "p99", "FPS", "pipeline p50", "overhead"
     );
-    // The machine's own FMA peak on the widest instruction set, on as many
+    // The machine's own FMA peak on the instruction set in use, on as many
     // threads: what the tract path's GFLOP/s is a fraction of.
-    let peak = unet_kernels::Isa::available()
-        .first()
-        .and_then(|&isa| unet_kernels::measure(isa, args.threads.max(1), Duration::from_secs(1)));
+    let peak = unet_kernels::Isa::widest_in_use()
+        .and_then(|isa| unet_kernels::measure(isa, args.threads.max(1), Duration::from_secs(1)));
     let mut p50s = Vec::new();
     let mut rates = Vec::new();
     for choice in choices {
