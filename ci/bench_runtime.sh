@@ -9,7 +9,8 @@
 #  - peak RSS of unet-infer on one 512² frame (base 16, tract), with and without --low-memory
 #  - size of a stripped, tract-only unet-infer, and of the NNEF-only one
 #  - resident memory over FRAMES frames through the C ABI
-# usage: ci/bench_runtime.sh [OUT_DIR] ; env RUNS (default 30), FRAMES (default 10000)
+# usage: ci/bench_runtime.sh [OUT_DIR] ; env RUNS (default 30), FRAMES (default 10000),
+#   EDGE=0 to skip the (slow, fat-LTO) edge builds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-out/bench-runtime}"
@@ -82,6 +83,9 @@ for memory in "" --low-memory; do
     -o "$out/masks" --overwrite --backend tract --quiet $memory 2>&1
 done
 
+if [ "${EDGE:-1}" = 0 ]; then
+  echo "== edge builds skipped (EDGE=0); sizes on both targets: ci/sizes.sh"
+else
 echo "== stripped tract-only unet-infer"
 cargo build --profile edge -q -p unet-runtime --no-default-features --features tract,cli,avx512 --bin unet-infer
 ls -l target/edge/unet-infer | awk '{printf "unet-infer (edge profile: fat LTO, stripped, panic=abort, opt-level s; tract only): %.2f MiB\n", $5 / 1048576}'
@@ -97,6 +101,7 @@ cargo build --profile edge -q -p unet-runtime --no-default-features --features n
 ls -l target/edge/unet-infer | awk '{printf "unet-infer (edge profile, NNEF only, no tract-onnx): %.2f MiB\n", $5 / 1048576}'
 "$bin/unet-export" nnef "$out/unet-16.onnx" -o "$out/unet-16.nnef.tar" --quiet
 target/edge/unet-infer bench "$out/unet-16.nnef.tar" --size 256x256 --runs "$runs" --threads 2 --backend tract | grep '^tract'
+fi
 
 echo "== resident memory over $frames frames through the C ABI (unet-16, 128x128, tract)"
 bash runtime/tests/c/rss_bench.sh "$out/unet-16.onnx" "$frames" 128 128 1

@@ -3,9 +3,9 @@
 # cross-built aarch64 one; see ci/build-aarch64.sh):
 #  - unet-infer, edge profile (fat LTO, opt-level s, panic=abort, stripped), tract only:
 #    the ONNX build (tract-onnx) and the ONNX-free NNEF build (tract-nnef);
-#  - libunet_runtime.a, release-lto profile (the C library keeps unwinding: it catches
-#    panics at the boundary), ONNX + NNEF and NNEF only, after `strip --strip-debug`
-#    (what a firmware link pulls from it is smaller still: only the objects it uses).
+#  - libunet_runtime.a, release profile (the C library keeps unwinding: it catches panics
+#    at the boundary), ONNX only and NNEF only, after `strip --strip-debug`: every object
+#    of every dependency; a firmware link pulls in only those its calls reach.
 # Slow (fat LTO, one build each): not part of the test run.
 # usage: ci/sizes.sh [--aarch64]
 set -euo pipefail
@@ -35,11 +35,11 @@ for triple in "${targets[@]}"; do
     name="${variant%%:*}" features="${variant#*:}"
     "${build[@]}" --profile edge --features "$features,cli" --bin unet-infer
     cp "$dir/edge/unet-infer" "$out/unet-infer-$name-$triple"
-    "${build[@]}" --profile release-lto --features "$features" --lib
+    "${build[@]}" --release --features "$features" --lib
     "$strip_tool" --strip-debug -o "$out/libunet_runtime-$name-$triple.a" \
-      "$dir/release-lto/libunet_runtime.a"
+      "$dir/release/libunet_runtime.a"
   done
   for name in onnx nnef; do
-    echo "$triple $name: unet-infer (edge) $(mib "$out/unet-infer-$name-$triple"), libunet_runtime.a (release-lto, --strip-debug) $(mib "$out/libunet_runtime-$name-$triple.a")"
+    echo "$triple $name: unet-infer (edge) $(mib "$out/unet-infer-$name-$triple"), libunet_runtime.a (release, --strip-debug) $(mib "$out/libunet_runtime-$name-$triple.a")"
   done
 done

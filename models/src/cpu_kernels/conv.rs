@@ -1,15 +1,18 @@
-//! Stride-1 convolution: im2col and gemm forward, the input gradient as the
-//! same convolution with the adjoint kernel, the weight gradient one gemm per tile.
+//! Stride-1 convolution: im2col and gemm forward (a 3x3 f32 one by
+//! Winograd's F(2×2, 3×3), shared with the runtime), the input gradient as
+//! the same convolution with the adjoint kernel, the weight gradient one gemm
+//! per tile.
 
 use candle_core::{bail, CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use unet_kernels::winograd::{self, Conv3x3};
 
 use super::matmul::{gemm, gemm_raw, Threads};
 use super::{slice, with_data, Elem};
 
 /// Geometry of a stride-1 square-kernel convolution.
 #[derive(Clone, Copy)]
-struct ConvShape {
+pub(super) struct ConvShape {
     cin: usize,
     h: usize,
     w: usize,
@@ -116,8 +119,80 @@ impl<T> TileOutput<T> {
     }
 }
 
+/// Scratch floats per one-thread Winograd tile: 512 KiB, within a 1 MiB L2.
+const WINOGRAD_TILE_ELEMS: usize = 128 << 10;
+
+/// Input channels from which a 3x3 convolution runs by Winograd: below it the
+/// matrix products are too shallow (depth = channels) for the transforms to pay.
+const WINOGRAD_MIN_CHANNELS: usize = 8;
+
+/// [`conv_forward`] by Winograd F(2×2, 3×3), for a 3x3 kernel over enough
+/// channels: each thread takes whole row tiles where there are enough of
+/// them, otherwise each image is one tile spread over all threads.
+pub(super) fn winograd_forward(
+    x: &[f32],
+    weight: &[f32],
+    n: usize,
+    cout: usize,
+    s: ConvShape,
+) -> Option<Vec<f32>> {
+    if s.k != 3 || s.cin < WINOGRAD_MIN_CHANNELS {
+        return None;
+    }
+    let (ho, wo) = s.out_hw();
+    let conv = Conv3x3 {
+        cin: s.cin,
+        cout,
+        h: s.h,
+        w: s.w,
+        top: s.padding,
+        left: s.padding,
+        ho,
+        wo,
+    };
+    let u = winograd::transform_weights(weight, cout, s.cin);
+    let mut y = vec![0.0f32; n * cout * ho * wo];
+    let plane = s.h * s.w;
+    let channels = |b: usize| -> Vec<&[f32]> {
+        x[b * s.cin * plane..(b + 1) * s.cin * plane]
+            .chunks_exact(plane)
+            .collect()
+    };
+    let out = TileOutput(y.as_mut_ptr());
+    // SAFETY (both calls): the rows y0..y1 of image b are this call's alone,
+    // inside `y`, which outlives them.
+    let tile = |b: usize, rows: (usize, usize), scratch: &mut [f32], threads| unsafe {
+        let image = out.ptr().add(b * cout * ho * wo);
+        conv.tile(
+            &channels(b),
+            &u,
+            (None, false),
+            rows,
+            scratch,
+            image,
+            threads,
+        )
+    };
+    let threads = rayon::current_num_threads();
+    let rows = conv.tile_rows(WINOGRAD_TILE_ELEMS);
+    let tiles = row_tiles(n, ho, rows);
+    if threads == 1 || tiles.len() >= 4 * threads {
+        tiles.par_iter().for_each_init(
+            || vec![0.0; conv.scratch_len(rows)],
+            |scratch, &(b, y0)| tile(b, (y0, (y0 + rows).min(ho)), scratch, 1),
+        );
+    } else {
+        let mut scratch = vec![0.0; conv.scratch_len(ho)];
+        (0..n).for_each(|b| tile(b, (0, ho), &mut scratch, threads));
+    }
+    Some(y)
+}
+
 /// `y[b] = W · im2col(x[b])`: `x [N, Cin, H, W]`, `weight [Cout, Cin, k, k]` flat.
 fn conv_forward<T: Elem>(x: &[T], weight: &[T], n: usize, cout: usize, s: ConvShape) -> Vec<T> {
+    if let Some(y) = T::conv_forward_fast(x, weight, n, cout, s) {
+        return y;
+    }
     let (ho, wo) = s.out_hw();
     let kk = s.cin * s.k * s.k;
     let mut y = vec![<T as Elem>::zero(); n * cout * ho * wo];

@@ -49,8 +49,29 @@ trait Elem:
             self
         }
     }
+    /// A faster path of the convolution for this type, where it has one.
+    fn conv_forward_fast(
+        _x: &[Self],
+        _weight: &[Self],
+        _n: usize,
+        _cout: usize,
+        _shape: conv::ConvShape,
+    ) -> Option<Vec<Self>> {
+        None
+    }
 }
-impl Elem for f32 {}
+impl Elem for f32 {
+    /// 3x3 kernels by Winograd.
+    fn conv_forward_fast(
+        x: &[f32],
+        weight: &[f32],
+        n: usize,
+        cout: usize,
+        shape: conv::ConvShape,
+    ) -> Option<Vec<f32>> {
+        conv::winograd_forward(x, weight, n, cout, shape)
+    }
+}
 impl Elem for f64 {}
 
 /// The contiguous slice behind a custom op's argument.

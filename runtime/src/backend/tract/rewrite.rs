@@ -3,10 +3,11 @@
 //! tract 0.23 runs a stride-1 f32 convolution as `DirectSpatialConv` or as a
 //! `Pad`, a lazy im2col and a matrix product, with the channel `Concat` before
 //! a decoder convolution and the ReLU after every one as nodes of their own.
-//! [`TiledConv`] does all of it per L2-sized tile; the deep, low-resolution
-//! layers, whose tiles would be too thin, stay with tract
-//! ([`tiled_conv::suits`]). The per-convolution measurements behind that
-//! choice are in `docs/perf.md`.
+//! [`TiledConv`] does all of it per L2-sized tile, a 3x3 convolution by
+//! Winograd. On its im2col path the deep, low-resolution layers, whose tiles
+//! would be too thin, stay with tract ([`tiled_conv::suits`]); by Winograd
+//! they share their tiles among the threads. The per-convolution
+//! measurements behind these choices are in `docs/perf.md`.
 
 use std::sync::Arc;
 

@@ -326,7 +326,8 @@ pub(super) fn tile_rows(depth: usize, ho: usize, wo: usize) -> usize {
 /// and `n` images of `ho`x`wo` outputs on `threads` threads: its tiles must be
 /// at least 64 pixels wide, or the matrix product repacks the weights for too
 /// little work, and at least four per thread, to balance the threads. The deep,
-/// low-resolution layers fail this; tract's lazy im2col handles them as well.
+/// low-resolution layers fail this; tract's lazy im2col handles them as well
+/// (unless they run by Winograd, `tiled_winograd.rs`).
 pub fn suits(depth: usize, n: usize, (ho, wo): (usize, usize), threads: usize) -> bool {
     let rows = tile_rows(depth, ho, wo);
     rows * wo >= 64 && n * ho.div_ceil(rows) >= 4 * threads.max(1)

@@ -6,12 +6,18 @@
 //! independent matrix products, `M[p] = U[p] (K×C) · V[p] (C×tiles)`, where
 //! `U = G g Gᵀ` are the transformed weights and `V = Bᵀ d B` the transformed
 //! input tiles; `Y = Aᵀ M A` then gives each output tile. The matrix products
-//! are the caller's (its own GEMM); this module has the three transforms.
+//! are `gemm`'s, in [`Conv3x3`] (feature `conv`); this module has the three
+//! transforms.
 //! They work on a row of tiles at a time, in chunks laid out so that every
 //! step is a contiguous, vectorisable loop over tiles.
 //!
 //! The transforms add and subtract only, so F(2×2, 3×3) loses little
 //! precision: its error stays within a few ulps of the direct sum's.
+
+#[cfg(feature = "conv")]
+mod conv;
+#[cfg(feature = "conv")]
+pub use conv::Conv3x3;
 
 /// Side of an output tile.
 pub const TILE: usize = 2;
@@ -65,7 +71,7 @@ pub fn transform_input_row(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
             return unsafe { x86::input_row_avx512(rows, left, tiles, v, stride) };
         }
@@ -94,7 +100,7 @@ pub fn transform_output_row(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
             return unsafe { x86::output_row_avx512(m, stride, tiles, (bias, relu), out) };
         }
@@ -307,7 +313,7 @@ fn store_pixels(row: &mut [f32], s: &[[f32; CHUNK]; 4], n: usize, pixel: impl Fn
 mod tests {
     use super::*;
 
-    fn values(len: usize, mut seed: u32) -> Vec<f32> {
+    pub(super) fn values(len: usize, mut seed: u32) -> Vec<f32> {
         (0..len)
             .map(|_| {
                 seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -317,7 +323,7 @@ mod tests {
     }
 
     /// A 3×3 convolution (correlation) with `pad` zeros on every side, by its definition.
-    fn direct(
+    pub(super) fn direct(
         input: &[f32],
         weights: &[f32],
         (cin, cout, h, w, pad): (usize, usize, usize, usize, usize),

@@ -1,0 +1,258 @@
+//! A stride-1 3x3 convolution of one image by F(2×2, 3×3), a tile of output
+//! rows at a time: the input tiles' transform, 16 `gemm` products of depth
+//! `cin` (a ninth of im2col's `9·cin` over 2.25× fewer columns), and the
+//! output transform with an optional bias and ReLU. Which thread takes
+//! which tile is the caller's: the runtime's `TiledConv` and the training
+//! convolution each have their own way of sharing the work.
+
+use rayon::prelude::*;
+
+use super::{transform_input_row, transform_output_row, POINTS, TILE};
+
+/// The geometry of a stride-1 3x3 convolution of one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv3x3 {
+    pub cin: usize,
+    pub cout: usize,
+    /// Input height and width.
+    pub h: usize,
+    pub w: usize,
+    /// Zero rows above and columns left of the input; those below and right
+    /// follow from the output size.
+    pub top: usize,
+    pub left: usize,
+    /// Output height and width.
+    pub ho: usize,
+    pub wo: usize,
+}
+
+/// The output, written by threads that each own whole output channels.
+#[derive(Clone, Copy)]
+struct OutputPtr(*mut f32);
+// SAFETY: each thread writes the rows of its own output channels (see `tile`).
+unsafe impl Send for OutputPtr {}
+unsafe impl Sync for OutputPtr {}
+
+impl OutputPtr {
+    /// A method, so closures capture the whole (Sync) wrapper, not its field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl Conv3x3 {
+    /// The f32 scratch a tile of `rows` output rows needs: its transformed
+    /// input and its 16 products.
+    pub fn scratch_len(&self, rows: usize) -> usize {
+        POINTS * (self.cin + self.cout) * rows.div_ceil(TILE) * self.wo.div_ceil(TILE)
+    }
+
+    /// Output rows per tile (pairs of rows, at most the image) whose scratch
+    /// is about `elems` floats.
+    pub fn tile_rows(&self, elems: usize) -> usize {
+        let per_pair = self.scratch_len(TILE);
+        TILE * (elems / per_pair).clamp(1, self.ho.div_ceil(TILE))
+    }
+
+    /// Output rows `y0..y1` of the image whose input channel c is the `h × w`
+    /// plane `channels[c]`, with the transformed weights `u`
+    /// ([`super::transform_weights`]), plus `bias` per output channel, then
+    /// the ReLU if `relu`. On `threads` threads of the current rayon pool
+    /// (1: the calling thread only): the transforms by channel, the products
+    /// by gemm's own threads. `scratch` is at least
+    /// [`scratch_len`](Self::scratch_len)`(y1 - y0)` long.
+    ///
+    /// # Safety
+    /// `out` must point to the image's `[cout, ho, wo]` output; `y0` must be
+    /// even and `y1 <= ho`; no other thread may access rows `y0..y1` of it meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile(
+        &self,
+        channels: &[&[f32]],
+        u: &[f32],
+        (bias, relu): (Option<&[f32]>, bool),
+        (y0, y1): (usize, usize),
+        scratch: &mut [f32],
+        out: *mut f32,
+        threads: usize,
+    ) {
+        let Conv3x3 {
+            cin,
+            cout,
+            h,
+            w,
+            top,
+            left,
+            ho,
+            wo,
+        } = *self;
+        assert!(
+            y0 % TILE == 0 && y0 <= y1 && y1 <= ho,
+            "rows {y0}..{y1} of {ho}"
+        );
+        assert!(channels.len() == cin && channels.iter().all(|c| c.len() == h * w));
+        assert_eq!(u.len(), POINTS * cout * cin, "transformed weights");
+        assert!(
+            bias.is_none_or(|b| b.len() == cout),
+            "one bias per output channel"
+        );
+        let (ty, tx) = ((y1 - y0).div_ceil(TILE), wo.div_ceil(TILE));
+        let tiles = ty * tx;
+        // Each channel's 16 points together, `[channel][16][tiles]`, so that
+        // threads take whole channels.
+        let per_channel = POINTS * tiles;
+        let (v, rest) = scratch.split_at_mut(cin * per_channel);
+        let m = &mut rest[..cout * per_channel];
+        let transform_input = |(v, channel): (&mut [f32], &&[f32])| {
+            for i in 0..ty {
+                let rows = std::array::from_fn(|r| {
+                    let y = (y0 + TILE * i + r).wrapping_sub(top);
+                    (y < h).then(|| &channel[y * w..(y + 1) * w])
+                });
+                transform_input_row(rows, left, tx, &mut v[i * tx..], tiles);
+            }
+        };
+        if threads > 1 {
+            v.par_chunks_mut(per_channel)
+                .zip(channels.par_iter())
+                .for_each(transform_input);
+        } else {
+            v.chunks_mut(per_channel)
+                .zip(channels.iter())
+                .for_each(transform_input);
+        }
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        for p in 0..POINTS {
+            // SAFETY: point p's `cout × cin` block of u (checked above), and its
+            // `cin × tiles` and `cout × tiles` rows of v and m, at stride
+            // `per_channel`, inside the scratch split above.
+            unsafe {
+                gemm::gemm(
+                    cout,
+                    tiles,
+                    cin,
+                    m.as_mut_ptr().add(p * tiles),
+                    1,
+                    per_channel as isize,
+                    false,
+                    u.as_ptr().add(p * cout * cin),
+                    1,
+                    cin as isize,
+                    v.as_ptr().add(p * tiles),
+                    1,
+                    per_channel as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+        let out = OutputPtr(out);
+        let transform_output = |(co, m): (usize, &[f32])| {
+            // SAFETY: the caller owns rows y0..y1 of the output, and this call
+            // output channel co of them.
+            let rows = unsafe {
+                let first = out.get().add((co * ho + y0) * wo);
+                std::slice::from_raw_parts_mut(first, (y1 - y0) * wo)
+            };
+            let bias_relu = (bias.map_or(0.0, |b| b[co]), relu);
+            for (i, pair) in rows.chunks_mut(TILE * wo).enumerate() {
+                let (upper, lower) = pair.split_at_mut(wo);
+                let lower = (!lower.is_empty()).then_some(lower);
+                transform_output_row(&m[i * tx..], tiles, tx, bias_relu, [Some(upper), lower]);
+            }
+        };
+        if threads > 1 {
+            m.par_chunks(per_channel)
+                .enumerate()
+                .for_each(transform_output);
+        } else {
+            m.chunks(per_channel).enumerate().for_each(transform_output);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{direct, values};
+    use super::super::transform_weights;
+    use super::*;
+
+    /// `conv` of `input` by whole-image tiles on `threads` threads, or by
+    /// `rows`-row tiles on this thread.
+    fn run(
+        conv: Conv3x3,
+        input: &[f32],
+        weights: &[f32],
+        bias: &[f32],
+        rows: usize,
+        threads: usize,
+    ) -> Vec<f32> {
+        let u = transform_weights(weights, conv.cout, conv.cin);
+        let channels: Vec<&[f32]> = input.chunks_exact(conv.h * conv.w).collect();
+        let mut out = vec![f32::NAN; conv.cout * conv.ho * conv.wo];
+        let mut scratch = vec![f32::NAN; conv.scratch_len(rows)];
+        for y0 in (0..conv.ho).step_by(rows) {
+            let y1 = (y0 + rows).min(conv.ho);
+            // SAFETY: `out` is the image's whole output, written by this thread alone.
+            unsafe {
+                conv.tile(
+                    &channels,
+                    &u,
+                    (Some(bias), true),
+                    (y0, y1),
+                    &mut scratch,
+                    out.as_mut_ptr(),
+                    threads,
+                )
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn tiles_compute_the_direct_convolution() {
+        // 9x7 to 9x7 (padding 1): odd sizes; tiles of 2, 4 and all rows, on 1 and 2 threads.
+        let conv = Conv3x3 {
+            cin: 5,
+            cout: 3,
+            h: 9,
+            w: 7,
+            top: 1,
+            left: 1,
+            ho: 9,
+            wo: 7,
+        };
+        let input = values(5 * 63, 7);
+        let weights = values(3 * 5 * 9, 8);
+        let bias = [0.1, -0.2, 0.05];
+        let mut expected = direct(&input, &weights, (5, 3, 9, 7, 1));
+        for (co, plane) in expected.chunks_mut(63).enumerate() {
+            plane.iter_mut().for_each(|v| *v = (*v + bias[co]).max(0.0));
+        }
+        assert!(expected.iter().any(|&v| v > 0.0) && expected.contains(&0.0));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("pool");
+        for (rows, threads) in [(2, 1), (4, 1), (10, 1), (10, 2)] {
+            let got = pool.install(|| run(conv, &input, &weights, &bias, rows, threads));
+            let worst = expected
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                worst < 1e-5,
+                "{rows}-row tiles, {threads} threads: max abs difference {worst}"
+            );
+        }
+    }
+}
