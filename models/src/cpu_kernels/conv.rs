@@ -126,6 +126,13 @@ const WINOGRAD_TILE_ELEMS: usize = 128 << 10;
 /// matrix products are too shallow (depth = channels) for the transforms to pay.
 const WINOGRAD_MIN_CHANNELS: usize = 8;
 
+/// Whether 3x3 convolutions may run by Winograd: unless `UNET_WINOGRAD=0`
+/// (to measure the im2col path), read once.
+fn winograd_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var_os("UNET_WINOGRAD").is_none_or(|v| v != "0"))
+}
+
 /// [`conv_forward`] by Winograd F(2×2, 3×3), for a 3x3 kernel over enough
 /// channels: each thread takes whole row tiles where there are enough of
 /// them, otherwise each image is one tile spread over all threads.
@@ -136,7 +143,7 @@ pub(super) fn winograd_forward(
     cout: usize,
     s: ConvShape,
 ) -> Option<Vec<f32>> {
-    if s.k != 3 || s.cin < WINOGRAD_MIN_CHANNELS {
+    if s.k != 3 || s.cin < WINOGRAD_MIN_CHANNELS || !winograd_enabled() {
         return None;
     }
     let (ho, wo) = s.out_hw();
