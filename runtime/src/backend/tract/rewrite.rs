@@ -426,25 +426,28 @@ mod tests {
     /// 3x3 `valid` conv, then a 2x3 conv padded unevenly, both with bias; the
     /// 2x2 max-pooling of the first conv's output is a second model output.
     /// With `concat_out`, the concatenation is a third.
-    fn model(concat_out: bool) -> TractResult<TypedModel> {
-        let mut model = TypedModel::default();
-        let a = model.add_source("a", f32::fact([N, 8, H, W]))?;
-        let b = model.add_source("b", f32::fact([N, 16, H, W]))?;
-        let concat = model.wire_node("concat", TypedConcat { axis: 1 }, &[a, b])?[0];
-        let layers = [
-            (24, 16, (3, 3), [1, 1, 1, 1]),
-            (16, 24, (3, 3), [0, 0, 0, 0]),
-            (24, 8, (2, 3), [1, 0, 0, 2]),
-        ];
-        let mut wire = concat;
-        let mut pooled = None;
-        for (i, (cin, cout, (kh, kw), padding)) in layers.into_iter().enumerate() {
+    /// (input channels, output channels, kernel, padding) of a test convolution.
+    type Layer = (usize, usize, (usize, usize), [usize; 4]);
+
+    /// A convolution per layer (cin, cout, kernel, padding) after `wire`,
+    /// with bias (weights from seeds `seed + i`, biases `seed + 10 + i`);
+    /// the first followed by a ReLU and a 2x2 max-pooling. Returns the last
+    /// convolution's output and the pooling's.
+    fn conv_chain(
+        model: &mut TypedModel,
+        mut wire: OutletId,
+        layers: &[Layer],
+        seed: u32,
+    ) -> TractResult<(OutletId, OutletId)> {
+        let mut pooled = wire;
+        for (i, &(cin, cout, (kh, kw), padding)) in layers.iter().enumerate() {
+            let seed = seed + i as u32;
             let kernel = tract_ndarray::Array4::from_shape_vec(
                 (cout, cin, kh, kw),
-                values(cout * cin * kh * kw, i as u32),
+                values(cout * cin * kh * kw, seed),
             )?;
             let kernel = model.add_const(format!("w{i}"), Tensor::from(kernel))?;
-            let bias = tract_ndarray::Array1::from_vec(values(cout, 10 + i as u32));
+            let bias = tract_ndarray::Array1::from_vec(values(cout, seed + 10));
             let bias = model.add_const(format!("b{i}"), Tensor::from(bias))?;
             let op = conv(cin, cout, (kh, kw), padding);
             wire = model.wire_node(format!("conv{i}"), op, &[wire, kernel, bias])?[0];
@@ -463,11 +466,24 @@ mod tests {
                     },
                     with_index_outputs: None,
                 };
-                pooled = Some(model.wire_node("pool", pool, &[wire])?[0]);
+                pooled = model.wire_node("pool", pool, &[wire])?[0];
             }
         }
-        let mut outputs = vec![wire];
-        outputs.extend(pooled);
+        Ok((wire, pooled))
+    }
+
+    fn model(concat_out: bool) -> TractResult<TypedModel> {
+        let mut model = TypedModel::default();
+        let a = model.add_source("a", f32::fact([N, 8, H, W]))?;
+        let b = model.add_source("b", f32::fact([N, 16, H, W]))?;
+        let concat = model.wire_node("concat", TypedConcat { axis: 1 }, &[a, b])?[0];
+        let layers = [
+            (24, 16, (3, 3), [1, 1, 1, 1]),
+            (16, 24, (3, 3), [0, 0, 0, 0]),
+            (24, 8, (2, 3), [1, 0, 0, 2]),
+        ];
+        let (wire, pooled) = conv_chain(&mut model, concat, &layers, 0)?;
+        let mut outputs = vec![wire, pooled];
         if concat_out {
             outputs.push(concat);
         }
@@ -678,40 +694,11 @@ mod tests {
         // size, ReLU and pooled, then an unpadded conv.
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact([1, 40, 9, 7]))?;
-        let mut wire = x;
-        let mut pooled = None;
-        for (i, (cin, cout, padding)) in
-            [(40, 24, [1; 4]), (24, 16, [0; 4])].into_iter().enumerate()
-        {
+        let layers = [(40, 24, (3, 3), [1; 4]), (24, 16, (3, 3), [0; 4])];
+        for &(cin, ..) in &layers {
             assert!(!tiled_conv::suits(cin * 9, 1, (9, 7), 2));
-            let kernel = tract_ndarray::Array4::from_shape_vec(
-                (cout, cin, 3, 3),
-                values(cout * cin * 9, 30 + i as u32),
-            )?;
-            let kernel = model.add_const(format!("w{i}"), Tensor::from(kernel))?;
-            let bias = tract_ndarray::Array1::from_vec(values(cout, 40 + i as u32));
-            let bias = model.add_const(format!("b{i}"), Tensor::from(bias))?;
-            let op = conv(cin, cout, (3, 3), padding);
-            wire = model.wire_node(format!("conv{i}"), op, &[wire, kernel, bias])?[0];
-            if i == 0 {
-                let zero = model.add_const("zero", Tensor::zero::<f32>(&[1, 1, 1, 1])?)?;
-                wire = model.wire_node("relu", max(), &[wire, zero])?[0];
-                let pool = MaxPool {
-                    pool_spec: PoolSpec {
-                        data_format: DataFormat::NCHW,
-                        kernel_shape: tvec!(2, 2),
-                        padding: PaddingSpec::Valid,
-                        dilations: None,
-                        strides: Some(tvec!(2, 2)),
-                        input_channels: cout,
-                        output_channels: cout,
-                    },
-                    with_index_outputs: None,
-                };
-                pooled = Some(model.wire_node("pool", pool, &[wire])?[0]);
-            }
         }
-        let pooled = tract_core::internal::TractErrorContext::context(pooled, "no pooling")?;
+        let (wire, pooled) = conv_chain(&mut model, x, &layers, 30)?;
         model.select_output_outlets(&[wire, pooled])?;
         let input = || -> TractResult<TVec<Tensor>> {
             let x = tract_ndarray::Array4::from_shape_vec((1, 40, 9, 7), values(40 * 63, 50))?;
