@@ -9,6 +9,15 @@ use rayon::prelude::*;
 
 use super::{transform_input_row, transform_output_row, POINTS, TILE};
 
+/// Input channels from which a 3x3 convolution runs by Winograd: below it the
+/// matrix products are too shallow (depth = channels) for the transforms to pay.
+pub const MIN_CHANNELS: usize = 8;
+
+/// Scratch floats per one-thread tile: 512 KiB, so that each of the 16
+/// products has enough tiles (columns) to pay for packing its weights, and
+/// the whole stays in a 1 MiB L2.
+pub const TILE_ELEMS: usize = 128 << 10;
+
 /// The geometry of a stride-1 3x3 convolution of one image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv3x3 {
@@ -52,6 +61,15 @@ impl Conv3x3 {
     pub fn tile_rows(&self, elems: usize) -> usize {
         let per_pair = self.scratch_len(TILE);
         TILE * (elems / per_pair).clamp(1, self.ho.div_ceil(TILE))
+    }
+
+    /// How `n` images are shared among `threads` threads: `Some(rows)` when
+    /// each thread takes whole tiles of `rows` rows (about [`TILE_ELEMS`] of
+    /// scratch, at least four tiles per thread), `None` when there are too
+    /// few and each image is one tile spread over all threads.
+    pub fn per_thread_tile_rows(&self, n: usize, threads: usize) -> Option<usize> {
+        let rows = self.tile_rows(TILE_ELEMS);
+        (threads <= 1 || n * self.ho.div_ceil(rows) >= 4 * threads).then_some(rows)
     }
 
     /// Output rows `y0..y1` of the image whose input channel c is the `h × w`

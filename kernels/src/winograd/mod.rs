@@ -17,7 +17,7 @@
 #[cfg(feature = "conv")]
 mod conv;
 #[cfg(feature = "conv")]
-pub use conv::Conv3x3;
+pub use conv::{Conv3x3, MIN_CHANNELS, TILE_ELEMS};
 
 /// Side of an output tile.
 pub const TILE: usize = 2;

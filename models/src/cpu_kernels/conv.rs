@@ -119,13 +119,6 @@ impl<T> TileOutput<T> {
     }
 }
 
-/// Scratch floats per one-thread Winograd tile: 512 KiB, within a 1 MiB L2.
-const WINOGRAD_TILE_ELEMS: usize = 128 << 10;
-
-/// Input channels from which a 3x3 convolution runs by Winograd: below it the
-/// matrix products are too shallow (depth = channels) for the transforms to pay.
-const WINOGRAD_MIN_CHANNELS: usize = 8;
-
 /// Whether 3x3 convolutions may run by Winograd: unless `UNET_WINOGRAD=0`
 /// (to measure the im2col path), read once.
 fn winograd_enabled() -> bool {
@@ -143,7 +136,7 @@ pub(super) fn winograd_forward(
     cout: usize,
     s: ConvShape,
 ) -> Option<Vec<f32>> {
-    if s.k != 3 || s.cin < WINOGRAD_MIN_CHANNELS || !winograd_enabled() {
+    if s.k != 3 || s.cin < winograd::MIN_CHANNELS || !winograd_enabled() {
         return None;
     }
     let (ho, wo) = s.out_hw();
@@ -181,10 +174,8 @@ pub(super) fn winograd_forward(
         )
     };
     let threads = rayon::current_num_threads();
-    let rows = conv.tile_rows(WINOGRAD_TILE_ELEMS);
-    let tiles = row_tiles(n, ho, rows);
-    if threads == 1 || tiles.len() >= 4 * threads {
-        tiles.par_iter().for_each_init(
+    if let Some(rows) = conv.per_thread_tile_rows(n, threads) {
+        row_tiles(n, ho, rows).par_iter().for_each_init(
             || vec![0.0; conv.scratch_len(rows)],
             |scratch, &(b, y0)| tile(b, (y0, (y0 + rows).min(ho)), scratch, 1),
         );

@@ -20,7 +20,6 @@ use tract_core::prelude::*;
 
 use super::tiled_conv::{self, TiledConv};
 use super::tiled_deconv::TiledDeconv;
-use super::tiled_winograd;
 use unet_kernels::winograd;
 
 /// `model` declutterred and optimised as `into_optimized` does, with the
@@ -271,9 +270,9 @@ fn tiled_conv(
 
 /// Whether a [`TiledConv`] with this kernel and `cin` input channels suits
 /// Winograd F(2×2, 3×3): a 3x3 kernel over at least
-/// [`tiled_winograd::MIN_CHANNELS`] channels.
+/// [`winograd::MIN_CHANNELS`] channels.
 fn uses_winograd(kernel: (usize, usize), cin: usize) -> bool {
-    kernel == (3, 3) && cin >= tiled_winograd::MIN_CHANNELS
+    kernel == (3, 3) && cin >= winograd::MIN_CHANNELS
 }
 
 /// The patch folding `node`, a 2x2, stride-2 max-pooling of a [`TiledConv`]'s

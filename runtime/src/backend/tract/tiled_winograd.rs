@@ -14,15 +14,6 @@ use unet_kernels::winograd::Conv3x3;
 use super::tiled_conv::{for_each_tile, plain_f32, with_scratch, Geometry, OutputPtr, TiledConv};
 use tract_core::internal::*;
 
-/// Transformed input and product elements per tile on one thread: 512 KiB of
-/// f32, so that each of the 16 matrix products has enough tiles (columns) to
-/// pay for packing its weights, and the whole stays in a 1 MiB L2.
-const TILE_ELEMS: usize = 128 << 10;
-
-/// Input channels from which a 3x3 convolution runs by Winograd: below it the
-/// matrix products are too shallow (depth = channels) for the transforms to pay.
-pub const MIN_CHANNELS: usize = 8;
-
 impl TiledConv {
     /// The convolution of `n` images by Winograd, with the transformed weights `u`.
     pub(super) fn run_winograd(
@@ -66,8 +57,7 @@ impl TiledConv {
             conv.tile(&channels(b), u, epilogue, (y0, y1), scratch, image, threads);
             self.pool_tile(g, b, y0, y1, out.get(), pooled.get());
         };
-        let rows = conv.tile_rows(TILE_ELEMS);
-        if threads == 1 || n * g.ho.div_ceil(rows) >= 4 * threads {
+        if let Some(rows) = conv.per_thread_tile_rows(n, threads) {
             // Each thread takes whole tiles.
             for_each_tile(n, g.ho, rows, threads, |b, y0, y1| {
                 with_scratch(conv.scratch_len(rows), |scratch| {
