@@ -149,5 +149,8 @@ run_tests=("$cargo" test --locked -p unet-runtime --target "$triple"
 # threads, camera pixel formats), tiling and errors. Left out: those that spawn x86-64
 # programs (`cli`, `c_abi`: the C smoke program below runs instead) or cbindgen (`header`).
 "${run_tests[@]}" --test it -- --skip cli:: --skip c_abi:: --skip header::
+# unet-kernels' own tests: Winograd's transforms and its NEON product kernel against their
+# definitions. The FMA-peak test is left out: under emulation no peak means anything.
+"$cargo" test --locked -p unet-kernels --features conv --target "$triple" --lib -- --skip peak::
 qemu-aarch64 -L "$qemu_root" "$out/unet-smoke" runtime/tests/data/color.onnx 1
 log "aarch64 build and tests under qemu: $(( $(date +%s) - t0 ))s"

@@ -1,12 +1,14 @@
 //! A stride-1 3x3 convolution of one image by F(2×2, 3×3), a tile of output
-//! rows at a time: the input tiles' transform, 16 `gemm` products of depth
-//! `cin` (a ninth of im2col's `9·cin` over 2.25× fewer columns), and the
+//! rows at a time: the input tiles' transform, 16 matrix products of depth
+//! `cin` (a ninth of im2col's `9·cin` over 2.25× fewer columns; unpacked,
+//! [`super::product`], or on gemm for many channels), and the
 //! output transform with an optional bias and ReLU. Which thread takes
 //! which tile is the caller's: the runtime's `TiledConv` and the training
 //! convolution each have their own way of sharing the work.
 
 use rayon::prelude::*;
 
+use super::product::{self, COLUMN_ALIGN};
 use super::{transform_input_row, transform_output_row, POINTS, TILE};
 
 /// Input channels from which a 3x3 convolution runs by Winograd: below it the
@@ -53,7 +55,22 @@ impl Conv3x3 {
     /// The f32 scratch a tile of `rows` output rows needs: its transformed
     /// input and its 16 products.
     pub fn scratch_len(&self, rows: usize) -> usize {
-        POINTS * (self.cin + self.cout) * rows.div_ceil(TILE) * self.wo.div_ceil(TILE)
+        let tiles = Self::columns(rows.div_ceil(TILE) * self.wo.div_ceil(TILE));
+        (self.cin + self.cout) * Self::channel_len(tiles)
+    }
+
+    /// The columns each point's rows of the scratch take for `tiles` tiles:
+    /// padded for the products' whole vectors.
+    fn columns(tiles: usize) -> usize {
+        tiles.next_multiple_of(COLUMN_ALIGN)
+    }
+
+    /// The floats one channel's 16 points of `tiles` columns take, and the
+    /// stride of a product's rows: one cache line more than the points, so
+    /// that the rows a product reads together do not all fall in the same L1
+    /// sets (16 points of 256 tiles would make that stride exactly 16 KiB).
+    fn channel_len(tiles: usize) -> usize {
+        POINTS * tiles + COLUMN_ALIGN
     }
 
     /// Output rows per tile (pairs of rows, at most the image) whose scratch
@@ -115,10 +132,10 @@ impl Conv3x3 {
             "one bias per output channel"
         );
         let (ty, tx) = ((y1 - y0).div_ceil(TILE), wo.div_ceil(TILE));
-        let tiles = ty * tx;
+        let tiles = Self::columns(ty * tx);
         // Each channel's 16 points together, `[channel][16][tiles]`, so that
-        // threads take whole channels.
-        let per_channel = POINTS * tiles;
+        // threads take whole channels; the padding is never read.
+        let per_channel = Self::channel_len(tiles);
         let (v, rest) = scratch.split_at_mut(cin * per_channel);
         let m = &mut rest[..cout * per_channel];
         let transform_input = |(v, channel): (&mut [f32], &&[f32])| {
@@ -129,6 +146,12 @@ impl Conv3x3 {
                 });
                 transform_input_row(rows, left, tx, &mut v[i * tx..], tiles);
             }
+            // The rows the next tile down adds, fetched into L2 while this
+            // tile's products run: one row pair per tile is too short a stream
+            // for the hardware prefetcher, and the image is not in L2.
+            let next =
+                (y1 + 2).saturating_sub(top).min(h)..(2 * y1 - y0 + 2).saturating_sub(top).min(h);
+            prefetch(&channel[next.start * w..next.end * w]);
         };
         if threads > 1 {
             v.par_chunks_mut(per_channel)
@@ -139,39 +162,9 @@ impl Conv3x3 {
                 .zip(channels.iter())
                 .for_each(transform_input);
         }
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        for p in 0..POINTS {
-            // SAFETY: point p's `cout × cin` block of u (checked above), and its
-            // `cin × tiles` and `cout × tiles` rows of v and m, at stride
-            // `per_channel`, inside the scratch split above.
-            unsafe {
-                gemm::gemm(
-                    cout,
-                    tiles,
-                    cin,
-                    m.as_mut_ptr().add(p * tiles),
-                    1,
-                    per_channel as isize,
-                    false,
-                    u.as_ptr().add(p * cout * cin),
-                    1,
-                    cin as isize,
-                    v.as_ptr().add(p * tiles),
-                    1,
-                    per_channel as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
-        }
+        // SAFETY: v and m hold `cin` and `cout` rows of `per_channel` floats,
+        // each point's `tiles` of them at offset p · tiles.
+        unsafe { self.products(u, (v, m), tiles, threads) };
         let out = OutputPtr(out);
         let transform_output = |(co, m): (usize, &[f32])| {
             // SAFETY: the caller owns rows y0..y1 of the output, and this call
@@ -195,6 +188,97 @@ impl Conv3x3 {
             m.chunks(per_channel).enumerate().for_each(transform_output);
         }
     }
+}
+
+impl Conv3x3 {
+    /// The 16 products `M[p] = U[p] · V[p]`, point p's rows at offset
+    /// `p · tiles` of each channel's [`channel_len`](Self::channel_len) floats of `v` and `m`:
+    /// unpacked ([`product`]) where they are shallow, else gemm's.
+    ///
+    /// # Safety
+    /// `v` and `m` hold `cin` and `cout` such rows; `u` is `[16][cout][cin]`.
+    unsafe fn products(
+        &self,
+        u: &[f32],
+        (v, m): (&[f32], &mut [f32]),
+        tiles: usize,
+        threads: usize,
+    ) {
+        let (cin, cout) = (self.cin, self.cout);
+        let per_channel = Self::channel_len(tiles);
+        let m_base = OutputPtr(m.as_mut_ptr());
+        let unpacked = |p: usize| {
+            // SAFETY: point p's weights, rows of v and rows of m (the caller's
+            // bounds); each point's rows of m are written by this call alone.
+            unsafe {
+                product::multiply(
+                    &u[p * cout * cin..(p + 1) * cout * cin],
+                    (cout, cin, tiles),
+                    (v.as_ptr().add(p * tiles), per_channel),
+                    (m_base.get().add(p * tiles), per_channel),
+                )
+            }
+        };
+        if cin <= product::MAX_DEPTH {
+            let done = if threads > 1 {
+                (0..POINTS)
+                    .into_par_iter()
+                    .map(unpacked)
+                    .collect::<Vec<_>>()
+            } else {
+                (0..POINTS).map(unpacked).collect()
+            };
+            if done.iter().all(|&done| done) {
+                return;
+            }
+        }
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        for p in 0..POINTS {
+            // SAFETY: point p's `cout × cin` block of u, and its `cin × tiles`
+            // and `cout × tiles` rows of v and m, at stride `per_channel`.
+            unsafe {
+                gemm::gemm(
+                    cout,
+                    tiles,
+                    cin,
+                    m_base.get().add(p * tiles),
+                    1,
+                    per_channel as isize,
+                    false,
+                    u.as_ptr().add(p * cout * cin),
+                    1,
+                    cin as isize,
+                    v.as_ptr().add(p * tiles),
+                    1,
+                    per_channel as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+    }
+}
+
+/// Asks for `data` in L2, where the CPU has a way to.
+fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: a prefetch is a hint; the address is inside `data`.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 #[cfg(test)]
@@ -237,40 +321,44 @@ mod tests {
 
     #[test]
     fn tiles_compute_the_direct_convolution() {
-        // 9x7 to 9x7 (padding 1): odd sizes; tiles of 2, 4 and all rows, on 1 and 2 threads.
-        let conv = Conv3x3 {
-            cin: 5,
-            cout: 3,
-            h: 9,
-            w: 7,
-            top: 1,
-            left: 1,
-            ho: 9,
-            wo: 7,
-        };
-        let input = values(5 * 63, 7);
-        let weights = values(3 * 5 * 9, 8);
-        let bias = [0.1, -0.2, 0.05];
-        let mut expected = direct(&input, &weights, (5, 3, 9, 7, 1));
-        for (co, plane) in expected.chunks_mut(63).enumerate() {
-            plane.iter_mut().for_each(|v| *v = (*v + bias[co]).max(0.0));
-        }
-        assert!(expected.iter().any(|&v| v > 0.0) && expected.contains(&0.0));
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .expect("pool");
-        for (rows, threads) in [(2, 1), (4, 1), (10, 1), (10, 2)] {
-            let got = pool.install(|| run(conv, &input, &weights, &bias, rows, threads));
-            let worst = expected
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
-            assert!(
-                worst < 1e-5,
-                "{rows}-row tiles, {threads} threads: max abs difference {worst}"
-            );
+        // 9x7 to 9x7 (padding 1): odd sizes; tiles of 2, 4 and all rows, on 1
+        // and 2 threads; products unpacked (5 channels) and on gemm (more
+        // than product::MAX_DEPTH).
+        for cin in [5, product::MAX_DEPTH + 3] {
+            let conv = Conv3x3 {
+                cin,
+                cout: 3,
+                h: 9,
+                w: 7,
+                top: 1,
+                left: 1,
+                ho: 9,
+                wo: 7,
+            };
+            let input = values(cin * 63, 7);
+            let weights = values(3 * cin * 9, 8);
+            let bias = [0.1, -0.2, 0.05];
+            let mut expected = direct(&input, &weights, (cin, 3, 9, 7, 1));
+            for (co, plane) in expected.chunks_mut(63).enumerate() {
+                plane.iter_mut().for_each(|v| *v = (*v + bias[co]).max(0.0));
+            }
+            assert!(expected.iter().any(|&v| v > 0.0) && expected.contains(&0.0));
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .expect("pool");
+            for (rows, threads) in [(2, 1), (4, 1), (10, 1), (10, 2)] {
+                let got = pool.install(|| run(conv, &input, &weights, &bias, rows, threads));
+                let worst = expected
+                    .iter()
+                    .zip(&got)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst < 1e-5 * (cin as f32).sqrt(),
+                    "{cin} channels, {rows}-row tiles, {threads} threads: max abs difference {worst}"
+                );
+            }
         }
     }
 }

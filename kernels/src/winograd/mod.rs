@@ -5,9 +5,9 @@
 //! Over C input and K output channels, the 16 transformed points are 16
 //! independent matrix products, `M[p] = U[p] (K×C) · V[p] (C×tiles)`, where
 //! `U = G g Gᵀ` are the transformed weights and `V = Bᵀ d B` the transformed
-//! input tiles; `Y = Aᵀ M A` then gives each output tile. The matrix products
-//! are `gemm`'s, in [`Conv3x3`] (feature `conv`); this module has the three
-//! transforms.
+//! input tiles; `Y = Aᵀ M A` then gives each output tile. This module has
+//! the three transforms, [`product`] the matrix products' kernel, and
+//! [`Conv3x3`] (feature `conv`) the convolution they make together.
 //! They work on a row of tiles at a time, in chunks laid out so that every
 //! step is a contiguous, vectorisable loop over tiles.
 //!
@@ -16,6 +16,7 @@
 
 #[cfg(feature = "conv")]
 mod conv;
+pub mod product;
 #[cfg(feature = "conv")]
 pub use conv::{Conv3x3, MIN_CHANNELS, TILE_ELEMS};
 

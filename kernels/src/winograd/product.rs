@@ -1,0 +1,326 @@
+//! One of Winograd's 16 matrix products, `M = U · V`, without packing.
+//!
+//! `V`'s rows (one per input channel) are already contiguous along the tiles,
+//! which is the layout a broadcast-FMA register block wants: a block of `MR`
+//! output channels × `NV` vectors of tiles keeps its sums in registers, loads
+//! `NV` vectors of one row of `V` and multiplies them by `MR` broadcast
+//! weights. gemm copies (packs) both operands first; with a product as
+//! shallow as these (depth = input channels, 16 or 32 in the edge presets)
+//! that copy costs as much as the arithmetic. Deep products (many input
+//! channels, large weights) stay on gemm, whose cache blocking they need.
+
+/// Columns (tiles) of `V` and `M` are padded to a multiple of this, so that
+/// every vector load and store is whole.
+pub const COLUMN_ALIGN: usize = 16;
+
+/// Input channels up to which the products run here rather than on gemm
+/// (`winograd_layers` example: 86–100 % of the FMA peak up to 256 channels,
+/// against gemm's 67–96 %; from 512 gemm's cache blocking is as fast or faster).
+pub const MAX_DEPTH: usize = 256;
+
+/// `M[r][c] = Σ_k U[r][k] · V[k][c]` for `rows × depth` row-major `u`, `V`'s
+/// row k at `v + k · v_stride` and `M`'s row r at `m + r · m_stride`,
+/// `cols` (a multiple of [`COLUMN_ALIGN`]) columns each. Returns false,
+/// computing nothing, where this CPU has no vector path (the caller uses gemm).
+///
+/// # Safety
+/// `v` must be valid for reads and `m` for writes of `cols` floats at each of
+/// their rows; `u.len() == rows * depth`.
+pub unsafe fn multiply(
+    u: &[f32],
+    (rows, depth, cols): (usize, usize, usize),
+    (v, v_stride): (*const f32, usize),
+    (m, m_stride): (*mut f32, usize),
+) -> bool {
+    assert_eq!(u.len(), rows * depth, "weights");
+    assert_eq!(cols % COLUMN_ALIGN, 0, "columns not padded");
+    let args = Operands {
+        u: u.as_ptr(),
+        depth,
+        v,
+        v_stride,
+        m,
+        m_stride,
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the caller's bounds.
+            unsafe { x86::multiply_avx512(args, rows, cols) };
+            return true;
+        }
+        if super::x86::has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA; the caller's bounds.
+            unsafe { x86::multiply_avx2(args, rows, cols) };
+            return true;
+        }
+        false
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of aarch64; the caller's bounds.
+        unsafe { multiply_blocks::<neon::Neon, 6, 4>(args, rows, cols) };
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (args, rows, cols);
+        false
+    }
+}
+
+/// The product's operands, as `multiply` describes them.
+#[derive(Clone, Copy)]
+struct Operands {
+    u: *const f32,
+    depth: usize,
+    v: *const f32,
+    v_stride: usize,
+    m: *mut f32,
+    m_stride: usize,
+}
+
+impl Operands {
+    /// The block at output row `r` and column `c`.
+    unsafe fn at(self, r: usize, c: usize) -> Self {
+        // SAFETY: the caller keeps (r, c) inside the product.
+        unsafe {
+            Operands {
+                u: self.u.add(r * self.depth),
+                v: self.v.add(c),
+                m: self.m.add(r * self.m_stride + c),
+                ..self
+            }
+        }
+    }
+}
+
+/// A vector of f32 lanes: what the register block is written in.
+trait Lanes {
+    type V: Copy;
+    const LANES: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `acc + a · b`, fused.
+    unsafe fn fma(acc: Self::V, a: f32, b: Self::V) -> Self::V;
+}
+
+/// The product in blocks of at most `MR` rows × `NV` vectors, a row of
+/// blocks at a time: the block's rows of `U` stay in L1 while `V` streams
+/// from L2 (one load of `V` serves `MR` FMAs, so L2 keeps up).
+#[inline(always)]
+unsafe fn multiply_blocks<L: Lanes, const MR: usize, const NV: usize>(
+    args: Operands,
+    rows: usize,
+    cols: usize,
+) {
+    for r in (0..rows).step_by(MR) {
+        let mr = (rows - r).min(MR);
+        for c in (0..cols).step_by(NV * L::LANES) {
+            let nv = ((cols - c) / L::LANES).min(NV);
+            // SAFETY: (r, c) is inside the product; mr rows and nv vectors from it too.
+            unsafe {
+                let at = args.at(r, c);
+                match nv {
+                    n if n == NV => block_rows::<L, MR, NV>(at, mr),
+                    1 => block_rows::<L, MR, 1>(at, mr),
+                    2 => block_rows::<L, MR, 2>(at, mr),
+                    3 => block_rows::<L, MR, 3>(at, mr),
+                    _ => unreachable!("{nv} vectors"),
+                }
+            }
+        }
+    }
+}
+
+/// A block of `mr ≤ MAX_MR` rows: the register block of that many rows.
+#[inline(always)]
+unsafe fn block_rows<L: Lanes, const MAX_MR: usize, const NV: usize>(args: Operands, mr: usize) {
+    // SAFETY: the caller's bounds.
+    unsafe {
+        match mr {
+            n if n == MAX_MR => block::<L, MAX_MR, NV>(args),
+            1 => block::<L, 1, NV>(args),
+            2 => block::<L, 2, NV>(args),
+            3 => block::<L, 3, NV>(args),
+            4 => block::<L, 4, NV>(args),
+            5 => block::<L, 5, NV>(args),
+            6 => block::<L, 6, NV>(args),
+            7 => block::<L, 7, NV>(args),
+            _ => unreachable!("{mr} rows"),
+        }
+    }
+}
+
+/// `MR` rows × `NV` vectors of `M`, their sums in registers over the whole depth.
+#[inline(always)]
+unsafe fn block<L: Lanes, const MR: usize, const NV: usize>(args: Operands) {
+    let Operands {
+        u,
+        depth,
+        v,
+        v_stride,
+        m,
+        m_stride,
+    } = args;
+    // SAFETY: the caller's bounds: MR rows of u and m, NV vectors of each row of v and m.
+    unsafe {
+        let mut acc = [[L::zero(); NV]; MR];
+        for k in 0..depth {
+            let row = v.add(k * v_stride);
+            let b: [L::V; NV] = std::array::from_fn(|j| L::load(row.add(j * L::LANES)));
+            for (r, sums) in acc.iter_mut().enumerate() {
+                let a = *u.add(r * depth + k);
+                for (sum, &b) in sums.iter_mut().zip(&b) {
+                    *sum = L::fma(*sum, a, b);
+                }
+            }
+        }
+        for (r, sums) in acc.iter().enumerate() {
+            for (j, &sum) in sums.iter().enumerate() {
+                L::store(m.add(r * m_stride + j * L::LANES), sum);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{multiply_blocks, Lanes, Operands};
+    use std::arch::x86_64::*;
+
+    /// 8 rows × 3 vectors: 24 of the 32 registers hold sums.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn multiply_avx512(args: Operands, rows: usize, cols: usize) {
+        // SAFETY: the caller's bounds.
+        unsafe { multiply_blocks::<Avx512, 8, 3>(args, rows, cols) }
+    }
+
+    /// 6 rows × 2 vectors: 12 of the 16 registers hold sums.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn multiply_avx2(args: Operands, rows: usize, cols: usize) {
+        // SAFETY: the caller's bounds.
+        unsafe { multiply_blocks::<Avx2, 6, 2>(args, rows, cols) }
+    }
+
+    struct Avx512;
+    impl Lanes for Avx512 {
+        type V = __m512;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn fma(acc: __m512, a: f32, b: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(_mm512_set1_ps(a), b, acc) }
+        }
+    }
+
+    struct Avx2;
+    impl Lanes for Avx2 {
+        type V = __m256;
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn fma(acc: __m256, a: f32, b: __m256) -> __m256 {
+            unsafe { _mm256_fmadd_ps(_mm256_set1_ps(a), b, acc) }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::Lanes;
+    use std::arch::aarch64::*;
+
+    /// 4 lanes; 6 rows × 4 vectors put sums in 24 of the 32 registers.
+    pub struct Neon;
+    impl Lanes for Neon {
+        type V = float32x4_t;
+        const LANES: usize = 4;
+        #[inline(always)]
+        unsafe fn zero() -> float32x4_t {
+            unsafe { vdupq_n_f32(0.0) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> float32x4_t {
+            unsafe { vld1q_f32(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: float32x4_t) {
+            unsafe { vst1q_f32(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn fma(acc: float32x4_t, a: f32, b: float32x4_t) -> float32x4_t {
+            unsafe { vfmaq_n_f32(acc, b, a) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::values;
+    use super::*;
+
+    #[test]
+    fn products_match_their_definition() {
+        // Row counts around each path's block (8 and 6) and column counts that
+        // leave 1 and 2 vectors over; depth past one row of U's cache line.
+        for (rows, depth, cols) in [(16, 16, 48), (13, 19, 32), (3, 5, 16), (8, 40, 80)] {
+            let u = values(rows * depth, 3);
+            let (v_stride, m_stride) = (cols + 16, cols + 32);
+            let v = values(depth * v_stride, 4);
+            let mut m = vec![f32::NAN; rows * m_stride];
+            // SAFETY: v has depth rows, m rows rows, of their strides ≥ cols.
+            let done = unsafe {
+                multiply(
+                    &u,
+                    (rows, depth, cols),
+                    (v.as_ptr(), v_stride),
+                    (m.as_mut_ptr(), m_stride),
+                )
+            };
+            if !done {
+                eprintln!("no vector path on this CPU");
+                return;
+            }
+            for r in 0..rows {
+                for c in 0..m_stride {
+                    let got = m[r * m_stride + c];
+                    if c >= cols {
+                        assert!(got.is_nan(), "column {c} past the product written");
+                        continue;
+                    }
+                    let want: f32 = (0..depth)
+                        .map(|k| u[r * depth + k] * v[k * v_stride + c])
+                        .sum();
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{rows}x{depth}x{cols}: M[{r}][{c}] = {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+}
