@@ -28,9 +28,35 @@ pub const MAX_DEPTH: usize = 256;
 /// their rows; `u.len() == rows * depth`.
 pub unsafe fn multiply(
     u: &[f32],
+    dims: (usize, usize, usize),
+    v: (*const f32, usize),
+    m: (*mut f32, usize),
+) -> bool {
+    // SAFETY: the caller's.
+    unsafe { run(u, dims, v, m, false) }
+}
+
+/// [`multiply`], adding the product to `M`: `M[r][c] += Σ_k U[r][k] · V[k][c]`
+/// (a sum of products over operands that live apart, as two inputs' channels).
+///
+/// # Safety
+/// As [`multiply`]; `m` must also be valid for reads.
+pub unsafe fn multiply_add(
+    u: &[f32],
+    dims: (usize, usize, usize),
+    v: (*const f32, usize),
+    m: (*mut f32, usize),
+) -> bool {
+    // SAFETY: the caller's.
+    unsafe { run(u, dims, v, m, true) }
+}
+
+unsafe fn run(
+    u: &[f32],
     (rows, depth, cols): (usize, usize, usize),
     (v, v_stride): (*const f32, usize),
     (m, m_stride): (*mut f32, usize),
+    accumulate: bool,
 ) -> bool {
     assert_eq!(u.len(), rows * depth, "weights");
     assert_eq!(cols % COLUMN_ALIGN, 0, "columns not padded");
@@ -41,6 +67,7 @@ pub unsafe fn multiply(
         v_stride,
         m,
         m_stride,
+        accumulate,
     };
     #[cfg(target_arch = "x86_64")]
     {
@@ -78,6 +105,8 @@ struct Operands {
     v_stride: usize,
     m: *mut f32,
     m_stride: usize,
+    /// Whether the product adds to `M` rather than replacing it.
+    accumulate: bool,
 }
 
 impl Operands {
@@ -163,10 +192,20 @@ unsafe fn block<L: Lanes, const MR: usize, const NV: usize>(args: Operands) {
         v_stride,
         m,
         m_stride,
+        accumulate,
     } = args;
     // SAFETY: the caller's bounds: MR rows of u and m, NV vectors of each row of v and m.
     unsafe {
-        let mut acc = [[L::zero(); NV]; MR];
+        let mut acc: [[L::V; NV]; MR] = std::array::from_fn(|r| {
+            std::array::from_fn(|j| {
+                let at = m.add(r * m_stride + j * L::LANES);
+                if accumulate {
+                    L::load(at)
+                } else {
+                    L::zero()
+                }
+            })
+        });
         for k in 0..depth {
             let row = v.add(k * v_stride);
             let b: [L::V; NV] = std::array::from_fn(|j| L::load(row.add(j * L::LANES)));
@@ -305,22 +344,36 @@ mod tests {
                 eprintln!("no vector path on this CPU");
                 return;
             }
-            for r in 0..rows {
-                for c in 0..m_stride {
-                    let got = m[r * m_stride + c];
-                    if c >= cols {
-                        assert!(got.is_nan(), "column {c} past the product written");
-                        continue;
+            let check = |m: &[f32], times: f32| {
+                for r in 0..rows {
+                    for c in 0..m_stride {
+                        let got = m[r * m_stride + c];
+                        if c >= cols {
+                            assert!(got.is_nan(), "column {c} past the product written");
+                            continue;
+                        }
+                        let want: f32 = (0..depth)
+                            .map(|k| u[r * depth + k] * v[k * v_stride + c])
+                            .sum::<f32>()
+                            * times;
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "{rows}x{depth}x{cols}: M[{r}][{c}] = {got}, want {want}"
+                        );
                     }
-                    let want: f32 = (0..depth)
-                        .map(|k| u[r * depth + k] * v[k * v_stride + c])
-                        .sum();
-                    assert!(
-                        (got - want).abs() < 1e-4,
-                        "{rows}x{depth}x{cols}: M[{r}][{c}] = {got}, want {want}"
-                    );
                 }
+            };
+            check(&m, 1.0);
+            // SAFETY: as above; m now holds the product, which this adds to.
+            unsafe {
+                multiply_add(
+                    &u,
+                    (rows, depth, cols),
+                    (v.as_ptr(), v_stride),
+                    (m.as_mut_ptr(), m_stride),
+                );
             }
+            check(&m, 2.0);
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::error::{Result, RuntimeError};
 use crate::options::SessionOptions;
 use crate::tensor::Tensor4;
 
+mod attention_gate;
 pub(crate) mod isa;
 #[cfg(feature = "nnef")]
 mod nnef;
