@@ -10,7 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use unet_kernels::winograd::{product, transform_weights, Conv3x3, POINTS, TILE, TILE_ELEMS};
+use unet_kernels::product;
+use unet_kernels::winograd::{transform_weights, Conv3x3, POINTS, TILE, TILE_ELEMS};
 use unet_kernels::{measure, Isa};
 
 /// The median of `runs` timings of `f`, in seconds.

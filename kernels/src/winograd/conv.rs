@@ -1,15 +1,15 @@
 //! A stride-1 3x3 convolution of one image by F(2×2, 3×3), a tile of output
 //! rows at a time: the input tiles' transform, 16 matrix products of depth
 //! `cin` (a ninth of im2col's `9·cin` over 2.25× fewer columns; unpacked,
-//! [`super::product`], or on gemm for many channels), and the
+//! [`crate::product`], or on gemm for many channels), and the
 //! output transform with an optional bias and ReLU. Which thread takes
 //! which tile is the caller's: the runtime's `TiledConv` and the training
 //! convolution each have their own way of sharing the work.
 
 use rayon::prelude::*;
 
-use super::product::{self, COLUMN_ALIGN};
 use super::{transform_input_row, transform_output_row, POINTS, TILE};
+use crate::product::{self, COLUMN_ALIGN};
 
 /// Input channels from which a 3x3 convolution runs by Winograd: below it the
 /// matrix products are too shallow (depth = channels) for the transforms to pay.

@@ -6,8 +6,8 @@
 //! independent matrix products, `M[p] = U[p] (K×C) · V[p] (C×tiles)`, where
 //! `U = G g Gᵀ` are the transformed weights and `V = Bᵀ d B` the transformed
 //! input tiles; `Y = Aᵀ M A` then gives each output tile. This module has
-//! the three transforms, [`product`] the matrix products' kernel, and
-//! [`Conv3x3`] (feature `conv`) the convolution they make together.
+//! the three transforms, [`Conv3x3`] (feature `conv`) the convolution they
+//! make with [`crate::product`]'s matrix products.
 //! They work on a row of tiles at a time, in chunks laid out so that every
 //! step is a contiguous, vectorisable loop over tiles.
 //!
@@ -16,7 +16,6 @@
 
 #[cfg(feature = "conv")]
 mod conv;
-pub mod product;
 #[cfg(feature = "conv")]
 pub use conv::{Conv3x3, MIN_CHANNELS, TILE_ELEMS};
 
@@ -314,14 +313,7 @@ fn store_pixels(row: &mut [f32], s: &[[f32; CHUNK]; 4], n: usize, pixel: impl Fn
 mod tests {
     use super::*;
 
-    pub(super) fn values(len: usize, mut seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|_| {
-                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    pub(super) use crate::testing::values;
 
     /// A 3×3 convolution (correlation) with `pad` zeros on every side, by its definition.
     pub(super) fn direct(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tract_core::internal::*;
 use tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 use tract_linalg::routines::Func;
-use unet_kernels::winograd::product;
+use unet_kernels::product;
 
 use super::tiled_conv::{
     for_each_tile, on_tract_threads, plain_f32, tile_rows, with_scratch, OutputPtr,
@@ -45,9 +45,8 @@ struct Planes<'a> {
 }
 
 impl AttentionGate {
-    /// Pixels `p0..p1` (a multiple of [`product::COLUMN_ALIGN`] apart, or
-    /// the plane's end) of one image; `sums` holds F_int + 1 rows of
-    /// `p1 - p0` rounded up to whole vectors.
+    /// Pixels `p0..p1` of one image; `sums` holds F_int + 1 rows of
+    /// `p1 - p0` floats.
     ///
     /// # Safety
     /// `planes.out` must point to the image's `[Cx, plane]` output, and no
@@ -62,45 +61,42 @@ impl AttentionGate {
         let (cg, cx, f) = (self.gate_channels, self.skip_channels, self.inter_channels);
         let (w_g, w_x) = (plain_f32(&self.w_g)?, plain_f32(&self.w_x)?);
         let cols = p1 - p0;
-        let padded = cols.next_multiple_of(product::COLUMN_ALIGN);
-        let (m, psi) = sums.split_at_mut(f * padded);
+        let (m, psi) = sums.split_at_mut(f * cols);
         let psi = &mut psi[..cols];
-        // W_g g + W_x x, on whole vectors straight from the input planes; the
-        // last few pixels of a plane whose size is no multiple of a vector
-        // (only there can `cols` be one) by a plain loop.
-        let whole = cols - cols % product::COLUMN_ALIGN;
-        // SAFETY: rows of g and x are `plane` floats apart, pixels p0..p0 + whole
-        // inside them; m holds F_int rows of `padded` floats.
+        // W_g g + W_x x, straight from the input planes.
+        // SAFETY: rows of g and x are `plane` floats apart, pixels p0..p1
+        // inside them; m holds F_int rows of `cols` floats.
         let done = unsafe {
             product::multiply(
                 w_g,
-                (f, cg, whole),
+                (f, cg, cols),
                 (planes.g.as_ptr().add(p0), plane),
-                (m.as_mut_ptr(), padded),
+                (m.as_mut_ptr(), cols),
             ) && product::multiply_add(
                 w_x,
-                (f, cx, whole),
+                (f, cx, cols),
                 (planes.x.as_ptr().add(p0), plane),
-                (m.as_mut_ptr(), padded),
+                (m.as_mut_ptr(), cols),
             )
         };
-        let plain_from = if done { whole } else { 0 };
-        for (r, row) in m.chunks_exact_mut(padded).enumerate() {
-            for (c, sum) in row[plain_from..cols].iter_mut().enumerate() {
-                let p = p0 + plain_from + c;
-                let from_g = (0..cg).map(|k| w_g[r * cg + k] * planes.g[k * plane + p]);
-                let from_x = (0..cx).map(|k| w_x[r * cx + k] * planes.x[k * plane + p]);
-                *sum = from_g.chain(from_x).sum();
+        if !done {
+            // A CPU without the vector units `product` is written for.
+            for (r, row) in m.chunks_exact_mut(cols).enumerate() {
+                for (c, sum) in row.iter_mut().enumerate() {
+                    let from_g = (0..cg).map(|k| w_g[r * cg + k] * planes.g[k * plane + p0 + c]);
+                    let from_x = (0..cx).map(|k| w_x[r * cx + k] * planes.x[k * plane + p0 + c]);
+                    *sum = from_g.chain(from_x).sum();
+                }
             }
         }
         // ψ · relu(… + b) + b_ψ, then the sigmoid, per pixel.
         psi.fill(plain_f32(&self.psi_bias)?[0]);
         let rows = m
-            .chunks_exact(padded)
+            .chunks_exact(cols)
             .zip(plain_f32(&self.bias)?)
             .zip(plain_f32(&self.psi)?);
         for ((row, &bias), &weight) in rows {
-            for (s, &sum) in psi.iter_mut().zip(&row[..cols]) {
+            for (s, &sum) in psi.iter_mut().zip(row) {
                 *s += weight * (sum + bias).max(0.0);
             }
         }
@@ -147,10 +143,9 @@ impl EvalOp for AttentionGate {
         let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
         let mut view = output.try_as_plain_ram_mut()?;
         let out = OutputPtr(view.as_slice_mut::<f32>()?.as_mut_ptr());
-        // Tiles of rows, as many as about a patch's worth of sums, whole
-        // vectors of pixels but for the plane's last.
+        // Tiles of rows, as many as about a patch's worth of sums.
         let rows = tile_rows(self.inter_channels + 1, h, w);
-        let len = (self.inter_channels + 1) * (rows * w).next_multiple_of(product::COLUMN_ALIGN);
+        let len = (self.inter_channels + 1) * rows * w;
         let failed = std::sync::Mutex::new(None);
         on_tract_threads(|threads| {
             for_each_tile(n, h, rows, threads, |b, y0, y1| {

@@ -3,7 +3,8 @@
 //!
 //! Each input pixel then feeds its own kh x kw block of output pixels, so the
 //! op is one matrix product, `[Cout·kh·kw, Cin] · x[Cin, pixels]`, read
-//! straight from the input, and a scatter of its rows into the output. tract
+//! straight from the input (unpacked, [`product`], up to its depth; gemm's
+//! beyond), and a scatter of its rows into the output. tract
 //! writes the whole product to memory (`OptMatMul`) and scatters it in a
 //! second, single-threaded op (`DeconvSum`); here each thread does both for
 //! its tile while the product is in cache.
@@ -16,6 +17,7 @@ use tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 use super::tiled_conv::{
     for_each_tile, on_tract_threads, plain_f32, tile_rows, with_scratch, OutputPtr,
 };
+use unet_kernels::product;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TiledDeconv {
@@ -57,28 +59,40 @@ impl TiledDeconv {
         let image = &x[(b * self.input_channels * h + y0) * w..];
         // SAFETY: `product` holds taps × cols floats; the input rows y0..y1 of
         // each channel are `cols` floats at stride h·w inside `x`.
-        unsafe {
-            gemm::gemm(
-                self.taps(),
-                cols,
-                self.input_channels,
-                product.as_mut_ptr(),
-                1,
-                cols as isize,
-                false,
-                weights.as_ptr(),
-                1,
-                self.input_channels as isize,
-                image.as_ptr(),
-                1,
-                (h * w) as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        let unpacked = self.input_channels <= product::MAX_DEPTH
+            && unsafe {
+                product::multiply(
+                    weights,
+                    (self.taps(), self.input_channels, cols),
+                    (image.as_ptr(), h * w),
+                    (product.as_mut_ptr(), cols),
+                )
+            };
+        if !unpacked {
+            // SAFETY: as above.
+            unsafe {
+                gemm::gemm(
+                    self.taps(),
+                    cols,
+                    self.input_channels,
+                    product.as_mut_ptr(),
+                    1,
+                    cols as isize,
+                    false,
+                    weights.as_ptr(),
+                    1,
+                    self.input_channels as isize,
+                    image.as_ptr(),
+                    1,
+                    (h * w) as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
         }
         let (ho, wo) = (h * kh, w * kw);
         for (co, &bias) in bias.iter().enumerate() {

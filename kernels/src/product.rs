@@ -1,16 +1,17 @@
-//! One of Winograd's 16 matrix products, `M = U · V`, without packing.
+//! A matrix product `M = U · V` without packing, for `V`s whose rows (one per
+//! input channel) are contiguous: Winograd's 16 products (along the tiles),
+//! and 1x1 convolutions over NCHW planes (along the pixels).
 //!
-//! `V`'s rows (one per input channel) are already contiguous along the tiles,
-//! which is the layout a broadcast-FMA register block wants: a block of `MR`
-//! output channels × `NV` vectors of tiles keeps its sums in registers, loads
-//! `NV` vectors of one row of `V` and multiplies them by `MR` broadcast
+//! That is the layout a broadcast-FMA register block wants: a block of `MR`
+//! output channels × `NV` vectors of columns keeps its sums in registers,
+//! loads `NV` vectors of one row of `V` and multiplies them by `MR` broadcast
 //! weights. gemm copies (packs) both operands first; with a product as
 //! shallow as these (depth = input channels, 16 or 32 in the edge presets)
 //! that copy costs as much as the arithmetic. Deep products (many input
 //! channels, large weights) stay on gemm, whose cache blocking they need.
 
-/// Columns (tiles) of `V` and `M` are padded to a multiple of this, so that
-/// every vector load and store is whole.
+/// Columns in a vector block: whole multiples of it run in registers, the
+/// last few columns of a product that is no multiple by a plain loop.
 pub const COLUMN_ALIGN: usize = 16;
 
 /// Input channels up to which the products run here rather than on gemm
@@ -20,8 +21,8 @@ pub const MAX_DEPTH: usize = 256;
 
 /// `M[r][c] = Σ_k U[r][k] · V[k][c]` for `rows × depth` row-major `u`, `V`'s
 /// row k at `v + k · v_stride` and `M`'s row r at `m + r · m_stride`,
-/// `cols` (a multiple of [`COLUMN_ALIGN`]) columns each. Returns false,
-/// computing nothing, where this CPU has no vector path (the caller uses gemm).
+/// `cols` columns each. Returns false, computing nothing, where this CPU has
+/// no vector path (the caller uses gemm).
 ///
 /// # Safety
 /// `v` must be valid for reads and `m` for writes of `cols` floats at each of
@@ -59,7 +60,6 @@ unsafe fn run(
     accumulate: bool,
 ) -> bool {
     assert_eq!(u.len(), rows * depth, "weights");
-    assert_eq!(cols % COLUMN_ALIGN, 0, "columns not padded");
     let args = Operands {
         u: u.as_ptr(),
         depth,
@@ -69,6 +69,29 @@ unsafe fn run(
         m_stride,
         accumulate,
     };
+    let whole = cols - cols % COLUMN_ALIGN;
+    // SAFETY: the caller's bounds, of which `whole` columns.
+    if !unsafe { vector_blocks(args, rows, whole) } {
+        return false;
+    }
+    for r in 0..rows {
+        for c in whole..cols {
+            // SAFETY: column c < cols of row k of v and row r of m.
+            unsafe {
+                let sum: f32 = (0..depth)
+                    .map(|k| u[r * depth + k] * *v.add(k * v_stride + c))
+                    .sum();
+                let at = m.add(r * m_stride + c);
+                *at = if accumulate { *at + sum } else { sum };
+            }
+        }
+    }
+    true
+}
+
+/// The product's first `cols` (a multiple of [`COLUMN_ALIGN`]) columns on
+/// this CPU's vector unit, if it has one this module is written for.
+unsafe fn vector_blocks(args: Operands, rows: usize, cols: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
@@ -76,7 +99,8 @@ unsafe fn run(
             unsafe { x86::multiply_avx512(args, rows, cols) };
             return true;
         }
-        if super::x86::has_avx2() {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the CPU has AVX2 and FMA; the caller's bounds.
             unsafe { x86::multiply_avx2(args, rows, cols) };
             return true;
@@ -319,14 +343,22 @@ mod neon {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::values;
     use super::*;
+    use crate::testing::values;
 
     #[test]
     fn products_match_their_definition() {
-        // Row counts around each path's block (8 and 6) and column counts that
-        // leave 1 and 2 vectors over; depth past one row of U's cache line.
-        for (rows, depth, cols) in [(16, 16, 48), (13, 19, 32), (3, 5, 16), (8, 40, 80)] {
+        // Row counts around each path's block (8 and 6), column counts that
+        // leave 1 and 2 vectors over, and some columns past the last whole
+        // vector (or no whole vector); depth past one row of U's cache line.
+        for (rows, depth, cols) in [
+            (16, 16, 48),
+            (13, 19, 32),
+            (3, 5, 16),
+            (8, 40, 80),
+            (7, 9, 37),
+            (5, 3, 11),
+        ] {
             let u = values(rows * depth, 3);
             let (v_stride, m_stride) = (cols + 16, cols + 32);
             let v = values(depth * v_stride, 4);
