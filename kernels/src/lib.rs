@@ -23,4 +23,3 @@ mod testing {
             .collect()
     }
 }
-

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::{transform_input_row, transform_output_row, POINTS, TILE};
+use super::{transform_input_row, transform_output_grad_row, transform_output_row, POINTS, TILE};
 use crate::product::{self, COLUMN_ALIGN};
 
 /// Input channels from which a 3x3 convolution runs by Winograd: below it the
@@ -73,6 +73,63 @@ impl Conv3x3 {
         POINTS * tiles + COLUMN_ALIGN
     }
 
+    fn check_tile(&self, channels: &[&[f32]], (y0, y1): (usize, usize)) {
+        let ho = self.ho;
+        assert!(
+            y0 % TILE == 0 && y0 <= y1 && y1 <= ho,
+            "rows {y0}..{y1} of {ho}"
+        );
+        assert!(
+            channels.len() == self.cin && channels.iter().all(|c| c.len() == self.h * self.w),
+            "input channels"
+        );
+    }
+
+    /// The input tiles under output rows `y0..y1` into `v`, `[channel][16][tiles]`.
+    fn transform_input(
+        &self,
+        channels: &[&[f32]],
+        (y0, y1): (usize, usize),
+        v: &mut [f32],
+        tiles: usize,
+        threads: usize,
+    ) {
+        let Conv3x3 {
+            h,
+            w,
+            top,
+            left,
+            wo,
+            ..
+        } = *self;
+        let (ty, tx) = ((y1 - y0).div_ceil(TILE), wo.div_ceil(TILE));
+        let transform = |(v, channel): (&mut [f32], &&[f32])| {
+            for i in 0..ty {
+                let rows = std::array::from_fn(|r| {
+                    let y = (y0 + TILE * i + r).wrapping_sub(top);
+                    (y < h).then(|| &channel[y * w..(y + 1) * w])
+                });
+                transform_input_row(rows, left, tx, &mut v[i * tx..], tiles);
+            }
+            // The rows the next tile down adds, fetched into L2 while this
+            // tile's products run: one row pair per tile is too short a stream
+            // for the hardware prefetcher, and the image is not in L2.
+            let next =
+                (y1 + 2).saturating_sub(top).min(h)..(2 * y1 - y0 + 2).saturating_sub(top).min(h);
+            prefetch(&channel[next.start * w..next.end * w]);
+        };
+        let per_channel = Self::channel_len(tiles);
+        if threads > 1 {
+            v.par_chunks_mut(per_channel)
+                .zip(channels.par_iter())
+                .for_each(transform);
+        } else {
+            v.chunks_mut(per_channel)
+                .zip(channels.iter())
+                .for_each(transform);
+        }
+    }
+
     /// Output rows per tile (pairs of rows, at most the image) whose scratch
     /// is about `elems` floats.
     pub fn tile_rows(&self, elems: usize) -> usize {
@@ -112,20 +169,9 @@ impl Conv3x3 {
         threads: usize,
     ) {
         let Conv3x3 {
-            cin,
-            cout,
-            h,
-            w,
-            top,
-            left,
-            ho,
-            wo,
+            cin, cout, ho, wo, ..
         } = *self;
-        assert!(
-            y0 % TILE == 0 && y0 <= y1 && y1 <= ho,
-            "rows {y0}..{y1} of {ho}"
-        );
-        assert!(channels.len() == cin && channels.iter().all(|c| c.len() == h * w));
+        self.check_tile(channels, (y0, y1));
         assert_eq!(u.len(), POINTS * cout * cin, "transformed weights");
         assert!(
             bias.is_none_or(|b| b.len() == cout),
@@ -138,30 +184,7 @@ impl Conv3x3 {
         let per_channel = Self::channel_len(tiles);
         let (v, rest) = scratch.split_at_mut(cin * per_channel);
         let m = &mut rest[..cout * per_channel];
-        let transform_input = |(v, channel): (&mut [f32], &&[f32])| {
-            for i in 0..ty {
-                let rows = std::array::from_fn(|r| {
-                    let y = (y0 + TILE * i + r).wrapping_sub(top);
-                    (y < h).then(|| &channel[y * w..(y + 1) * w])
-                });
-                transform_input_row(rows, left, tx, &mut v[i * tx..], tiles);
-            }
-            // The rows the next tile down adds, fetched into L2 while this
-            // tile's products run: one row pair per tile is too short a stream
-            // for the hardware prefetcher, and the image is not in L2.
-            let next =
-                (y1 + 2).saturating_sub(top).min(h)..(2 * y1 - y0 + 2).saturating_sub(top).min(h);
-            prefetch(&channel[next.start * w..next.end * w]);
-        };
-        if threads > 1 {
-            v.par_chunks_mut(per_channel)
-                .zip(channels.par_iter())
-                .for_each(transform_input);
-        } else {
-            v.chunks_mut(per_channel)
-                .zip(channels.iter())
-                .for_each(transform_input);
-        }
+        self.transform_input(channels, (y0, y1), v, tiles, threads);
         // SAFETY: v and m hold `cin` and `cout` rows of `per_channel` floats,
         // each point's `tiles` of them at offset p · tiles.
         unsafe { self.products(u, (v, m), tiles, threads) };
@@ -186,6 +209,94 @@ impl Conv3x3 {
                 .for_each(transform_output);
         } else {
             m.chunks(per_channel).enumerate().for_each(transform_output);
+        }
+    }
+}
+
+impl Conv3x3 {
+    /// The weight gradient's share of output rows `y0..y1` (`y0` even), as
+    /// the transformed `dU`, `[16][cout][cin]`, added to `du` (written if
+    /// not `accumulate`); [`super::transform_weights_grad`] turns the sum
+    /// over all tiles into OIHW. `grad[co]` is output channel co's `ho × wo`
+    /// gradient plane. The input tiles' transform as in [`tile`](Self::tile),
+    /// the gradient's by the adjoint of the output transform, then
+    /// `dU[p] += dM[p] · V[p]ᵀ` over the tiles, on `threads` threads as `tile`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn weight_grad_tile(
+        &self,
+        channels: &[&[f32]],
+        grad: &[&[f32]],
+        (y0, y1): (usize, usize),
+        scratch: &mut [f32],
+        du: &mut [f32],
+        accumulate: bool,
+        threads: usize,
+    ) {
+        let Conv3x3 {
+            cin, cout, ho, wo, ..
+        } = *self;
+        self.check_tile(channels, (y0, y1));
+        assert!(
+            grad.len() == cout && grad.iter().all(|g| g.len() == ho * wo),
+            "gradient planes"
+        );
+        assert_eq!(du.len(), POINTS * cout * cin, "transformed weight gradient");
+        let (ty, tx) = ((y1 - y0).div_ceil(TILE), wo.div_ceil(TILE));
+        let tiles = Self::columns(ty * tx);
+        let per_channel = Self::channel_len(tiles);
+        let (v, rest) = scratch.split_at_mut(cin * per_channel);
+        let dm = &mut rest[..cout * per_channel];
+        self.transform_input(channels, (y0, y1), v, tiles, threads);
+        let transform_grad = |(dm, plane): (&mut [f32], &&[f32])| {
+            for i in 0..ty {
+                let rows = std::array::from_fn(|r| {
+                    let y = y0 + TILE * i + r;
+                    (y < y1).then(|| &plane[y * wo..(y + 1) * wo])
+                });
+                transform_output_grad_row(rows, tx, &mut dm[i * tx..], tiles);
+            }
+        };
+        if threads > 1 {
+            dm.par_chunks_mut(per_channel)
+                .zip(grad.par_iter())
+                .for_each(transform_grad);
+        } else {
+            dm.chunks_mut(per_channel)
+                .zip(grad.iter())
+                .for_each(transform_grad);
+        }
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        for p in 0..POINTS {
+            // SAFETY: point p's `cout × cin` block of du (checked above); its
+            // rows of dm and v, `ty · tx` tiles (not the padding) each at
+            // stride `per_channel`, inside the scratch split above.
+            unsafe {
+                gemm::gemm(
+                    cout,
+                    cin,
+                    ty * tx,
+                    du.as_mut_ptr().add(p * cout * cin),
+                    1,
+                    cin as isize,
+                    accumulate,
+                    dm.as_ptr().add(p * tiles),
+                    1,
+                    per_channel as isize,
+                    v.as_ptr().add(p * tiles),
+                    per_channel as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
         }
     }
 }
@@ -357,6 +468,95 @@ mod tests {
                 assert!(
                     worst < 1e-5 * (cin as f32).sqrt(),
                     "{cin} channels, {rows}-row tiles, {threads} threads: max abs difference {worst}"
+                );
+            }
+        }
+    }
+
+    /// `dW[co][ci][ky][kx] = Σ_(y, x) dY[co][y][x] · X[ci][y + ky - top][x + kx - left]`.
+    fn direct_weight_grad(conv: Conv3x3, input: &[f32], grad: &[f32]) -> Vec<f32> {
+        let Conv3x3 {
+            cin,
+            cout,
+            h,
+            w,
+            top,
+            left,
+            ho,
+            wo,
+        } = conv;
+        let mut dw = vec![0.0; cout * cin * 9];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for tap in 0..9 {
+                    let (ky, kx) = (tap / 3, tap % 3);
+                    let mut sum = 0.0;
+                    for y in 0..ho {
+                        for x in 0..wo {
+                            let (iy, ix) =
+                                ((y + ky).wrapping_sub(top), (x + kx).wrapping_sub(left));
+                            if iy < h && ix < w {
+                                sum += grad[(co * ho + y) * wo + x] * input[(ci * h + iy) * w + ix];
+                            }
+                        }
+                    }
+                    dw[(co * cin + ci) * 9 + tap] = sum;
+                }
+            }
+        }
+        dw
+    }
+
+    #[test]
+    fn weight_gradient_tiles_compute_its_definition() {
+        // Padded to the same odd size, and unpadded (7x5 out of 9x7); tiles of
+        // 2, 4 and all rows, on 1 and 2 threads.
+        for (top, ho, wo) in [(1, 9, 7), (0, 7, 5)] {
+            let conv = Conv3x3 {
+                cin: 5,
+                cout: 3,
+                h: 9,
+                w: 7,
+                top,
+                left: top,
+                ho,
+                wo,
+            };
+            let input = values(5 * 63, 9);
+            let grad = values(3 * ho * wo, 10);
+            let expected = direct_weight_grad(conv, &input, &grad);
+            let channels: Vec<&[f32]> = input.chunks_exact(63).collect();
+            let planes: Vec<&[f32]> = grad.chunks_exact(ho * wo).collect();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .expect("pool");
+            for (rows, threads) in [(2, 1), (4, 1), (10, 2)] {
+                let mut du = vec![f32::NAN; POINTS * 3 * 5];
+                let mut scratch = vec![f32::NAN; conv.scratch_len(rows)];
+                for y0 in (0..ho).step_by(rows) {
+                    let y1 = (y0 + rows).min(ho);
+                    pool.install(|| {
+                        conv.weight_grad_tile(
+                            &channels,
+                            &planes,
+                            (y0, y1),
+                            &mut scratch,
+                            &mut du,
+                            y0 > 0,
+                            threads,
+                        )
+                    });
+                }
+                let got = super::super::transform_weights_grad(&du, 3, 5);
+                let worst = expected
+                    .iter()
+                    .zip(&got)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst < 1e-5,
+                    "padding {top}, {rows}-row tiles, {threads} threads: max abs difference {worst}"
                 );
             }
         }

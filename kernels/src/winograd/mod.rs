@@ -16,8 +16,10 @@
 
 #[cfg(feature = "conv")]
 mod conv;
+mod grad;
 #[cfg(feature = "conv")]
 pub use conv::{Conv3x3, MIN_CHANNELS, TILE_ELEMS};
+pub use grad::{transform_output_grad_row, transform_weights_grad};
 
 /// Side of an output tile.
 pub const TILE: usize = 2;

@@ -1,11 +1,10 @@
-//! Stride-1 convolution: im2col and gemm forward (a 3x3 f32 one by
-//! Winograd's F(2×2, 3×3), shared with the runtime), the input gradient as
-//! the same convolution with the adjoint kernel, the weight gradient one gemm
-//! per tile.
+//! Stride-1 convolution: im2col and gemm forward, the input gradient as the
+//! same convolution with the adjoint kernel, the weight gradient one gemm per
+//! tile; a 3x3 f32 one's forward pass and weight gradient by Winograd
+//! ([`super::winograd`]).
 
 use candle_core::{bail, CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
-use unet_kernels::winograd::{self, Conv3x3};
 
 use super::matmul::{gemm, gemm_raw, Threads};
 use super::{slice, with_data, Elem};
@@ -13,15 +12,15 @@ use super::{slice, with_data, Elem};
 /// Geometry of a stride-1 square-kernel convolution.
 #[derive(Clone, Copy)]
 pub(super) struct ConvShape {
-    cin: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    padding: usize,
+    pub(super) cin: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) k: usize,
+    pub(super) padding: usize,
 }
 
 impl ConvShape {
-    fn out_hw(&self) -> (usize, usize) {
+    pub(super) fn out_hw(&self) -> (usize, usize) {
         (
             self.h + 2 * self.padding + 1 - self.k,
             self.w + 2 * self.padding + 1 - self.k,
@@ -99,7 +98,7 @@ fn im2col_channel<T: Elem>(x: &[T], s: ConvShape, y0: usize, y1: usize, ci: usiz
 }
 
 /// Tiles of `rows` output rows, as (image, first row), for the per-thread paths.
-fn row_tiles(n: usize, ho: usize, rows: usize) -> Vec<(usize, usize)> {
+pub(super) fn row_tiles(n: usize, ho: usize, rows: usize) -> Vec<(usize, usize)> {
     (0..n)
         .flat_map(|b| (0..ho).step_by(rows).map(move |y0| (b, y0)))
         .collect()
@@ -107,83 +106,16 @@ fn row_tiles(n: usize, ho: usize, rows: usize) -> Vec<(usize, usize)> {
 
 /// The output of [`conv_forward`], written by threads that each own whole tiles.
 #[derive(Clone, Copy)]
-struct TileOutput<T>(*mut T);
+pub(super) struct TileOutput<T>(pub(super) *mut T);
 // SAFETY: the threads write disjoint tiles (see `conv_forward`).
 unsafe impl<T> Send for TileOutput<T> {}
 unsafe impl<T> Sync for TileOutput<T> {}
 
 impl<T> TileOutput<T> {
     /// A method, so closures capture the whole (Sync) wrapper, not its pointer field.
-    fn ptr(self) -> *mut T {
+    pub(super) fn ptr(self) -> *mut T {
         self.0
     }
-}
-
-/// Whether 3x3 convolutions may run by Winograd: unless `UNET_WINOGRAD=0`
-/// (to measure the im2col path), read once.
-fn winograd_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("UNET_WINOGRAD").is_none_or(|v| v != "0"))
-}
-
-/// [`conv_forward`] by Winograd F(2×2, 3×3), for a 3x3 kernel over enough
-/// channels: each thread takes whole row tiles where there are enough of
-/// them, otherwise each image is one tile spread over all threads.
-pub(super) fn winograd_forward(
-    x: &[f32],
-    weight: &[f32],
-    n: usize,
-    cout: usize,
-    s: ConvShape,
-) -> Option<Vec<f32>> {
-    if s.k != 3 || s.cin < winograd::MIN_CHANNELS || !winograd_enabled() {
-        return None;
-    }
-    let (ho, wo) = s.out_hw();
-    let conv = Conv3x3 {
-        cin: s.cin,
-        cout,
-        h: s.h,
-        w: s.w,
-        top: s.padding,
-        left: s.padding,
-        ho,
-        wo,
-    };
-    let u = winograd::transform_weights(weight, cout, s.cin);
-    let mut y = vec![0.0f32; n * cout * ho * wo];
-    let plane = s.h * s.w;
-    let channels = |b: usize| -> Vec<&[f32]> {
-        x[b * s.cin * plane..(b + 1) * s.cin * plane]
-            .chunks_exact(plane)
-            .collect()
-    };
-    let out = TileOutput(y.as_mut_ptr());
-    // SAFETY (both calls): the rows y0..y1 of image b are this call's alone,
-    // inside `y`, which outlives them.
-    let tile = |b: usize, rows: (usize, usize), scratch: &mut [f32], threads| unsafe {
-        let image = out.ptr().add(b * cout * ho * wo);
-        conv.tile(
-            &channels(b),
-            &u,
-            (None, false),
-            rows,
-            scratch,
-            image,
-            threads,
-        )
-    };
-    let threads = rayon::current_num_threads();
-    if let Some(rows) = conv.per_thread_tile_rows(n, threads) {
-        row_tiles(n, ho, rows).par_iter().for_each_init(
-            || vec![0.0; conv.scratch_len(rows)],
-            |scratch, &(b, y0)| tile(b, (y0, (y0 + rows).min(ho)), scratch, 1),
-        );
-    } else {
-        let mut scratch = vec![0.0; conv.scratch_len(ho)];
-        (0..n).for_each(|b| tile(b, (0, ho), &mut scratch, threads));
-    }
-    Some(y)
 }
 
 /// `y[b] = W · im2col(x[b])`: `x [N, Cin, H, W]`, `weight [Cout, Cin, k, k]` flat.
@@ -248,6 +180,9 @@ fn conv_forward<T: Elem>(x: &[T], weight: &[T], n: usize, cout: usize, s: ConvSh
 
 /// `dW = Σ_b grad[b] · im2col(x[b])ᵀ`, `[Cout, Cin·k·k]` flat.
 fn conv_weight_grad<T: Elem>(x: &[T], grad: &[T], n: usize, cout: usize, s: ConvShape) -> Vec<T> {
+    if let Some(dw) = T::conv_weight_grad_fast(x, grad, n, cout, s) {
+        return dw;
+    }
     let (ho, wo) = s.out_hw();
     let kk = s.cin * s.k * s.k;
     let image = |b: usize| &x[b * s.cin * s.h * s.w..(b + 1) * s.cin * s.h * s.w];

@@ -10,7 +10,8 @@
 //! and those stay the reference the tests compare these kernels with.
 //! f32 and f64 (the finite-difference tests) are supported.
 //!
-//! One file per op family: [`conv`], [`deconv`], [`batchnorm`], [`pool`],
+//! One file per op family: [`conv`] (its 3x3 f32 forward pass and weight
+//! gradient by Winograd in [`winograd`]), [`deconv`], [`batchnorm`], [`pool`],
 //! [`relu`]; [`matmul`] and [`unary`] are what they share.
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor, WithDType};
@@ -22,6 +23,7 @@ mod matmul;
 mod pool;
 mod relu;
 mod unary;
+mod winograd;
 
 pub use batchnorm::batch_norm_train;
 pub use conv::conv2d;
@@ -59,6 +61,16 @@ trait Elem:
     ) -> Option<Vec<Self>> {
         None
     }
+    /// The weight gradient of [`Self::conv_forward_fast`]'s convolutions.
+    fn conv_weight_grad_fast(
+        _x: &[Self],
+        _grad: &[Self],
+        _n: usize,
+        _cout: usize,
+        _shape: conv::ConvShape,
+    ) -> Option<Vec<Self>> {
+        None
+    }
 }
 impl Elem for f32 {
     /// 3x3 kernels by Winograd.
@@ -69,7 +81,17 @@ impl Elem for f32 {
         cout: usize,
         shape: conv::ConvShape,
     ) -> Option<Vec<f32>> {
-        conv::winograd_forward(x, weight, n, cout, shape)
+        winograd::winograd_forward(x, weight, n, cout, shape)
+    }
+
+    fn conv_weight_grad_fast(
+        x: &[f32],
+        grad: &[f32],
+        n: usize,
+        cout: usize,
+        shape: conv::ConvShape,
+    ) -> Option<Vec<f32>> {
+        winograd::winograd_weight_grad(x, grad, n, cout, shape)
     }
 }
 impl Elem for f64 {}
