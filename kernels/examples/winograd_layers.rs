@@ -103,51 +103,28 @@ fn main() {
         let v = vec![0.5f32; cin * stride];
         let mut m = vec![0.0f32; cout * stride];
         let calls = side.div_ceil(rows);
-        let unpacked = median(9, || {
-            for _ in 0..calls {
-                for p in 0..POINTS {
-                    // SAFETY: point p's rows of v and m, `tiles` columns each.
-                    unsafe {
-                        product::multiply(
-                            &u[p * cout * cin..(p + 1) * cout * cin],
-                            (cout, cin, tiles),
-                            (v.as_ptr().add(p * tiles), stride),
-                            (m.as_mut_ptr().add(p * tiles), stride),
-                        );
+        let mut products = |packed: bool| {
+            median(9, || {
+                for _ in 0..calls {
+                    for p in 0..POINTS {
+                        let weights = &u[p * cout * cin..(p + 1) * cout * cin];
+                        let dims = (cout, cin, tiles);
+                        // SAFETY: point p's rows of v and m, `tiles` columns
+                        // each; m is written by this call alone.
+                        unsafe {
+                            let v = (v.as_ptr().add(p * tiles), stride);
+                            let m = (m.as_mut_ptr().add(p * tiles), stride);
+                            if packed {
+                                product::multiply_packed(weights, dims, v, m, 1);
+                            } else {
+                                product::multiply(weights, dims, v, m);
+                            }
+                        }
                     }
                 }
-            }
-        });
-        let packed = median(9, || {
-            for _ in 0..calls {
-                for p in 0..POINTS {
-                    // SAFETY: as above.
-                    unsafe {
-                        gemm::gemm(
-                            cout,
-                            tiles,
-                            cin,
-                            m.as_mut_ptr().add(p * tiles),
-                            1,
-                            stride as isize,
-                            false,
-                            u.as_ptr().add(p * cout * cin),
-                            1,
-                            cin as isize,
-                            v.as_ptr().add(p * tiles),
-                            1,
-                            stride as isize,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
-                }
-            }
-        });
+            })
+        };
+        let (unpacked, packed) = (products(false), products(true));
         let product_flops = 2.0 * (POINTS * cin * cout * tiles * calls) as f64;
         let share = |flops: f64, s: f64| 100.0 * flops / s / 1e9 / peak;
         println!(

@@ -52,6 +52,52 @@ pub unsafe fn multiply_add(
     unsafe { run(u, dims, v, m, true) }
 }
 
+/// [`multiply`] on gemm, which packs both operands first: for deep products,
+/// whose weights outgrow the caches, and CPUs without a vector path here. On
+/// `threads` threads of the current rayon pool (1: the calling thread).
+///
+/// # Safety
+/// As [`multiply`].
+#[cfg(feature = "conv")]
+pub unsafe fn multiply_packed(
+    u: &[f32],
+    (rows, depth, cols): (usize, usize, usize),
+    (v, v_stride): (*const f32, usize),
+    (m, m_stride): (*mut f32, usize),
+    threads: usize,
+) {
+    assert_eq!(u.len(), rows * depth, "weights");
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller's bounds.
+    unsafe {
+        gemm::gemm(
+            rows,
+            cols,
+            depth,
+            m,
+            1,
+            m_stride as isize,
+            false,
+            u.as_ptr(),
+            1,
+            depth as isize,
+            v,
+            1,
+            v_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
 unsafe fn run(
     u: &[f32],
     (rows, depth, cols): (usize, usize, usize),

@@ -343,35 +343,16 @@ impl Conv3x3 {
                 return;
             }
         }
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
         for p in 0..POINTS {
             // SAFETY: point p's `cout × cin` block of u, and its `cin × tiles`
             // and `cout × tiles` rows of v and m, at stride `per_channel`.
             unsafe {
-                gemm::gemm(
-                    cout,
-                    tiles,
-                    cin,
-                    m_base.get().add(p * tiles),
-                    1,
-                    per_channel as isize,
-                    false,
-                    u.as_ptr().add(p * cout * cin),
-                    1,
-                    cin as isize,
-                    v.as_ptr().add(p * tiles),
-                    1,
-                    per_channel as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
+                product::multiply_packed(
+                    &u[p * cout * cin..(p + 1) * cout * cin],
+                    (cout, cin, tiles),
+                    (v.as_ptr().add(p * tiles), per_channel),
+                    (m_base.get().add(p * tiles), per_channel),
+                    threads,
                 );
             }
         }

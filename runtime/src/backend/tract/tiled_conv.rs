@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use tract_core::internal::*;
 use tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 use tract_linalg::multithread::{current_tract_executor, Executor};
+use unet_kernels::product;
 
 /// A convolution of the channel concatenation of its inputs, then bias and
 /// optionally ReLU.
@@ -143,26 +144,12 @@ impl TiledConv {
         // floats at stride `plane`, inside the output.
         unsafe {
             let dst = out.add(b * self.output_channels * plane + y0 * g.wo);
-            gemm::gemm(
-                self.output_channels,
-                cols,
-                g.depth,
-                dst,
+            product::multiply_packed(
+                weights,
+                (self.output_channels, g.depth, cols),
+                (patches.as_ptr(), cols),
+                (dst, plane),
                 1,
-                plane as isize,
-                false,
-                weights.as_ptr(),
-                1,
-                g.depth as isize,
-                patches.as_ptr(),
-                1,
-                cols as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
             for (co, &bias) in bias.iter().enumerate() {
                 let row = std::slice::from_raw_parts_mut(dst.add(co * plane), cols);

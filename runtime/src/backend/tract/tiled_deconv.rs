@@ -71,28 +71,14 @@ impl TiledDeconv {
         if !unpacked {
             // SAFETY: as above.
             unsafe {
-                gemm::gemm(
-                    self.taps(),
-                    cols,
-                    self.input_channels,
-                    product.as_mut_ptr(),
+                product::multiply_packed(
+                    weights,
+                    (self.taps(), self.input_channels, cols),
+                    (image.as_ptr(), h * w),
+                    (product.as_mut_ptr(), cols),
                     1,
-                    cols as isize,
-                    false,
-                    weights.as_ptr(),
-                    1,
-                    self.input_channels as isize,
-                    image.as_ptr(),
-                    1,
-                    (h * w) as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+                )
+            };
         }
         let (ho, wo) = (h * kh, w * kw);
         for (co, &bias) in bias.iter().enumerate() {
