@@ -118,16 +118,7 @@ impl Conv3x3 {
                 (y1 + 2).saturating_sub(top).min(h)..(2 * y1 - y0 + 2).saturating_sub(top).min(h);
             prefetch(&channel[next.start * w..next.end * w]);
         };
-        let per_channel = Self::channel_len(tiles);
-        if threads > 1 {
-            v.par_chunks_mut(per_channel)
-                .zip(channels.par_iter())
-                .for_each(transform);
-        } else {
-            v.chunks_mut(per_channel)
-                .zip(channels.iter())
-                .for_each(transform);
-        }
+        for_each_channel(v, Self::channel_len(tiles), channels, threads, transform);
     }
 
     /// Output rows per tile (pairs of rows, at most the image) whose scratch
@@ -256,15 +247,7 @@ impl Conv3x3 {
                 transform_output_grad_row(rows, tx, &mut dm[i * tx..], tiles);
             }
         };
-        if threads > 1 {
-            dm.par_chunks_mut(per_channel)
-                .zip(grad.par_iter())
-                .for_each(transform_grad);
-        } else {
-            dm.chunks_mut(per_channel)
-                .zip(grad.iter())
-                .for_each(transform_grad);
-        }
+        for_each_channel(dm, per_channel, grad, threads, transform_grad);
         let parallelism = if threads > 1 {
             gemm::Parallelism::Rayon(threads)
         } else {
@@ -356,6 +339,22 @@ impl Conv3x3 {
                 );
             }
         }
+    }
+}
+
+/// `f` on each channel's `len` floats of `data` with that channel's plane,
+/// on `threads` threads of the current pool (1: this one).
+fn for_each_channel(
+    data: &mut [f32],
+    len: usize,
+    planes: &[&[f32]],
+    threads: usize,
+    f: impl Fn((&mut [f32], &&[f32])) + Send + Sync,
+) {
+    if threads > 1 {
+        data.par_chunks_mut(len).zip(planes.par_iter()).for_each(f);
+    } else {
+        data.chunks_mut(len).zip(planes.iter()).for_each(f);
     }
 }
 
