@@ -37,6 +37,15 @@ pub struct Conv3x3 {
     pub wo: usize,
 }
 
+/// How a tile of output rows lies in the scratch: `ty × tx` tiles, each
+/// point's row `tiles` long (padded), `per_channel` floats a channel.
+struct TileLayout {
+    ty: usize,
+    tx: usize,
+    tiles: usize,
+    per_channel: usize,
+}
+
 /// The output, written by threads that each own whole output channels.
 #[derive(Clone, Copy)]
 struct OutputPtr(*mut f32);
@@ -83,6 +92,32 @@ impl Conv3x3 {
             channels.len() == self.cin && channels.iter().all(|c| c.len() == self.h * self.w),
             "input channels"
         );
+    }
+
+    /// The scratch of a tile of output rows `y0..y1`: the transformed input
+    /// tiles (written here) and room for `cout` channels of 16 points, each
+    /// channel's 16 points together, `[channel][16][tiles]`, so that threads
+    /// take whole channels; the padding columns are never read.
+    fn input_tiles<'s>(
+        &self,
+        channels: &[&[f32]],
+        rows: (usize, usize),
+        scratch: &'s mut [f32],
+        threads: usize,
+    ) -> (TileLayout, &'s mut [f32], &'s mut [f32]) {
+        let (ty, tx) = ((rows.1 - rows.0).div_ceil(TILE), self.wo.div_ceil(TILE));
+        let tiles = Self::columns(ty * tx);
+        let per_channel = Self::channel_len(tiles);
+        let (v, rest) = scratch.split_at_mut(self.cin * per_channel);
+        let out = &mut rest[..self.cout * per_channel];
+        self.transform_input(channels, rows, v, tiles, threads);
+        let layout = TileLayout {
+            ty,
+            tx,
+            tiles,
+            per_channel,
+        };
+        (layout, v, out)
     }
 
     /// The input tiles under output rows `y0..y1` into `v`, `[channel][16][tiles]`.
@@ -168,14 +203,16 @@ impl Conv3x3 {
             bias.is_none_or(|b| b.len() == cout),
             "one bias per output channel"
         );
-        let (ty, tx) = ((y1 - y0).div_ceil(TILE), wo.div_ceil(TILE));
-        let tiles = Self::columns(ty * tx);
-        // Each channel's 16 points together, `[channel][16][tiles]`, so that
-        // threads take whole channels; the padding is never read.
-        let per_channel = Self::channel_len(tiles);
-        let (v, rest) = scratch.split_at_mut(cin * per_channel);
-        let m = &mut rest[..cout * per_channel];
-        self.transform_input(channels, (y0, y1), v, tiles, threads);
+        let (
+            TileLayout {
+                tx,
+                tiles,
+                per_channel,
+                ..
+            },
+            v,
+            m,
+        ) = self.input_tiles(channels, (y0, y1), scratch, threads);
         // SAFETY: v and m hold `cin` and `cout` rows of `per_channel` floats,
         // each point's `tiles` of them at offset p · tiles.
         unsafe { self.products(u, (v, m), tiles, threads) };
@@ -232,12 +269,16 @@ impl Conv3x3 {
             "gradient planes"
         );
         assert_eq!(du.len(), POINTS * cout * cin, "transformed weight gradient");
-        let (ty, tx) = ((y1 - y0).div_ceil(TILE), wo.div_ceil(TILE));
-        let tiles = Self::columns(ty * tx);
-        let per_channel = Self::channel_len(tiles);
-        let (v, rest) = scratch.split_at_mut(cin * per_channel);
-        let dm = &mut rest[..cout * per_channel];
-        self.transform_input(channels, (y0, y1), v, tiles, threads);
+        let (
+            TileLayout {
+                ty,
+                tx,
+                tiles,
+                per_channel,
+            },
+            v,
+            dm,
+        ) = self.input_tiles(channels, (y0, y1), scratch, threads);
         let transform_grad = |(dm, plane): (&mut [f32], &&[f32])| {
             for i in 0..ty {
                 let rows = std::array::from_fn(|r| {

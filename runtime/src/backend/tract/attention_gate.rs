@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use tract_core::internal::*;
 use tract_core::{as_op, op_as_typed_op, op_out_of_plan};
+use tract_linalg::element_wise::ElementWise;
 use tract_linalg::routines::Func;
 use unet_kernels::product;
 
@@ -44,6 +45,17 @@ struct Planes<'a> {
     out: *mut f32,
 }
 
+/// The gate's weights as slices, and tract's sigmoid kernel: looked up once
+/// per call, not per tile.
+struct Weights<'a> {
+    w_g: &'a [f32],
+    w_x: &'a [f32],
+    bias: &'a [f32],
+    psi: &'a [f32],
+    psi_bias: f32,
+    sigmoid: Box<dyn ElementWise<f32>>,
+}
+
 impl AttentionGate {
     /// Pixels `p0..p1` of one image; `sums` holds F_int + 1 rows of
     /// `p1 - p0` floats.
@@ -53,13 +65,14 @@ impl AttentionGate {
     /// other thread may access its pixels `p0..p1` meanwhile.
     unsafe fn tile(
         &self,
+        weights: &Weights,
         planes: &Planes,
         plane: usize,
         (p0, p1): (usize, usize),
         sums: &mut [f32],
     ) -> TractResult<()> {
         let (cg, cx, f) = (self.gate_channels, self.skip_channels, self.inter_channels);
-        let (w_g, w_x) = (plain_f32(&self.w_g)?, plain_f32(&self.w_x)?);
+        let (w_g, w_x) = (weights.w_g, weights.w_x);
         let cols = p1 - p0;
         let (m, psi) = sums.split_at_mut(f * cols);
         let psi = &mut psi[..cols];
@@ -90,17 +103,14 @@ impl AttentionGate {
             }
         }
         // ψ · relu(… + b) + b_ψ, then the sigmoid, per pixel.
-        psi.fill(plain_f32(&self.psi_bias)?[0]);
-        let rows = m
-            .chunks_exact(cols)
-            .zip(plain_f32(&self.bias)?)
-            .zip(plain_f32(&self.psi)?);
+        psi.fill(weights.psi_bias);
+        let rows = m.chunks_exact(cols).zip(weights.bias).zip(weights.psi);
         for ((row, &bias), &weight) in rows {
             for (s, &sum) in psi.iter_mut().zip(row) {
                 *s += weight * (sum + bias).max(0.0);
             }
         }
-        Func::Sigmoid.ew_f32()?.run(psi)?;
+        weights.sigmoid.run(psi)?;
         for c in 0..cx {
             let x = &planes.x[c * plane + p0..c * plane + p1];
             // SAFETY: pixels p0..p1 of output channel c are this call's alone.
@@ -146,6 +156,14 @@ impl EvalOp for AttentionGate {
         // Tiles of rows, as many as about a patch's worth of sums.
         let rows = tile_rows(self.inter_channels + 1, h, w);
         let len = (self.inter_channels + 1) * rows * w;
+        let weights = Weights {
+            w_g: plain_f32(&self.w_g)?,
+            w_x: plain_f32(&self.w_x)?,
+            bias: plain_f32(&self.bias)?,
+            psi: plain_f32(&self.psi)?,
+            psi_bias: plain_f32(&self.psi_bias)?[0],
+            sigmoid: Func::Sigmoid.ew_f32()?,
+        };
         let failed = std::sync::Mutex::new(None);
         on_tract_threads(|threads| {
             for_each_tile(n, h, rows, threads, |b, y0, y1| {
@@ -157,7 +175,9 @@ impl EvalOp for AttentionGate {
                 };
                 with_scratch(len, |sums| {
                     // SAFETY: tiles are disjoint and each is taken by one thread.
-                    if let Err(e) = unsafe { self.tile(&planes, plane, (y0 * w, y1 * w), sums) } {
+                    if let Err(e) =
+                        unsafe { self.tile(&weights, &planes, plane, (y0 * w, y1 * w), sums) }
+                    {
                         *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     }
                 })
