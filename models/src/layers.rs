@@ -79,7 +79,20 @@ fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Ten
             .broadcast_add(&b.to_dtype(DType::F32)?)?
             .to_dtype(half);
     }
+    if has_cpu_kernel(&y) {
+        return cpu_kernels::add_channel_bias(&y, &b.flatten_all()?);
+    }
     y.broadcast_add(&b)
+}
+
+/// `x [N, C, H, W] · a [N, 1, H, W]`, `a` broadcast over the channels (the
+/// attention gate).
+pub fn mul_channel_planes(x: &Tensor, a: &Tensor) -> candle_core::Result<Tensor> {
+    if has_cpu_kernel(x) {
+        cpu_kernels::mul_channel_planes(x, a)
+    } else {
+        x.broadcast_mul(a)
+    }
 }
 
 /// `max(x, 0)`.

@@ -298,7 +298,7 @@ impl UNet {
                     Tensor::cat(&parts, 1)?
                 }
                 Op::Add => (input(0)? + input(1)?)?,
-                Op::MulBroadcastChannels => input(0)?.broadcast_mul(input(1)?)?,
+                Op::MulBroadcastChannels => layers::mul_channel_planes(input(0)?, input(1)?)?,
             };
             values[id] = Some(y);
             for &i in &node.inputs {

@@ -75,6 +75,49 @@ fn conv_transpose_matches_candle_and_its_backward() {
 }
 
 #[test]
+fn channel_bias_and_plane_product_match_candle_broadcasts() {
+    // 65x70 pixels: the gate's backward sums a plane in two tasks, one partial.
+    for shape in [[2, 3, 5, 7], [2, 3, 65, 70]] {
+        let [n, c, h, w] = shape;
+        let x = Var::from_tensor(&seeded(&shape, 21)).unwrap();
+        let b = Var::from_tensor(&seeded(&[c], 22)).unwrap();
+        let a = Var::from_tensor(&seeded(&[n, 1, h, w], 23)).unwrap();
+        let (ours, g1) = value_and_grads(&[&x, &b], |t| {
+            layers::conv2d(
+                t[0],
+                &Tensor::ones((c, c, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+                Some(t[1]),
+                0,
+            )
+            .unwrap()
+        });
+        let (theirs, g2) = value_and_grads(&[&x, &b], |t| {
+            t[0].conv2d(
+                &Tensor::ones((c, c, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+                0,
+                1,
+                1,
+                1,
+            )
+            .unwrap()
+            .broadcast_add(&t[1].reshape((1, c, 1, 1)).unwrap())
+            .unwrap()
+        });
+        assert_close("bias output", &ours, &theirs, 1e-5);
+        assert_close("bias dx", &g1[0], &g2[0], 1e-4);
+        assert_close("bias db", &g1[1], &g2[1], 1e-3);
+
+        let (ours, g1) = value_and_grads(&[&x, &a], |t| {
+            layers::mul_channel_planes(t[0], t[1]).unwrap()
+        });
+        let (theirs, g2) = value_and_grads(&[&x, &a], |t| t[0].broadcast_mul(t[1]).unwrap());
+        assert_close("gate output", &ours, &theirs, f32::MIN_POSITIVE);
+        assert_close("gate dx", &g1[0], &g2[0], f32::MIN_POSITIVE);
+        assert_close("gate da", &g1[1], &g2[1], 1e-5);
+    }
+}
+
+#[test]
 fn relu_matches_candle_relu() {
     let x = Var::from_tensor(&seeded(&[2, 3, 5, 7], 8)).unwrap();
     let (ours, g1) = value_and_grads(&[&x], |t| layers::relu(t[0]).unwrap());

@@ -90,6 +90,14 @@ fn conv_transpose_gradients() {
 }
 
 #[test]
+fn attention_gate_product_gradients() {
+    let (x, a) = (var(&[2, 3, 4, 5], 31), var(&[2, 1, 4, 5], 32));
+    check("mul_channel_planes", &[("x", &x), ("a", &a)], || {
+        layers::mul_channel_planes(&x, &a).unwrap()
+    });
+}
+
+#[test]
 fn max_pool_gradients() {
     let x = var(&[2, 3, 6, 8], 7);
     check("max_pool2x2", &[("x", &x)], || {

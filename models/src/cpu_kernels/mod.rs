@@ -12,11 +12,13 @@
 //!
 //! One file per op family: [`conv`] (its 3x3 f32 forward pass and weight
 //! gradient by Winograd in [`winograd`]), [`deconv`], [`batchnorm`], [`pool`],
-//! [`relu`]; [`matmul`] and [`unary`] are what they share.
+//! [`relu`], [`broadcast`] (bias and attention-gate products); [`matmul`] and
+//! [`unary`] are what they share.
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor, WithDType};
 
 mod batchnorm;
+mod broadcast;
 mod conv;
 mod deconv;
 mod matmul;
@@ -26,6 +28,7 @@ mod unary;
 mod winograd;
 
 pub use batchnorm::batch_norm_train;
+pub use broadcast::{add_channel_bias, mul_channel_planes};
 pub use conv::conv2d;
 pub use deconv::conv_transpose2x2;
 pub use pool::max_pool2x2;
