@@ -56,7 +56,7 @@ impl ChannelBias {
             .enumerate()
             .for_each(|(plane, y)| {
                 let bias = b[plane % b.len()];
-                y.iter_mut().for_each(|v| *v = *v + bias);
+                y.iter_mut().for_each(|v| *v += bias);
             });
         y
     }
@@ -136,7 +136,7 @@ impl PlaneProduct {
             .enumerate()
             .for_each(|(plane, y)| {
                 let a = &a[plane / c * pixels..][..pixels];
-                y.iter_mut().zip(a).for_each(|(v, &a)| *v = *v * a);
+                y.iter_mut().zip(a).for_each(|(v, &a)| *v *= a);
             });
         y
     }
@@ -163,7 +163,7 @@ impl PlaneProduct {
                     let at = (img * c + ch) * pixels + start;
                     let (g, x) = (&grad[at..at + da.len()], &x[at..at + da.len()]);
                     for ((d, &g), &x) in da.iter_mut().zip(g).zip(x) {
-                        *d = *d + g * x;
+                        *d += g * x;
                     }
                 }
             });

@@ -36,7 +36,12 @@ pub use relu::relu;
 
 /// Element types of the kernels (f32, f64); sums are taken in f64.
 trait Elem:
-    WithDType + PartialOrd + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
+    WithDType
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::AddAssign
+    + std::ops::MulAssign
 {
     fn zero() -> Self {
         Self::of(0.0)
