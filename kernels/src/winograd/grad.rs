@@ -5,7 +5,7 @@
 //! weight transform. 2.25× fewer multiplications than im2col's `dY · colᵀ`,
 //! and no patch matrix.
 
-use super::{deinterleave, CHUNK, POINTS};
+use super::{blocks, POINTS};
 
 /// Rows of G (`U = G g Gᵀ`).
 const G: [[f32; 3]; 4] = [
@@ -68,11 +68,22 @@ pub fn transform_output_grad_row(
             return unsafe { x86::output_grad_row_avx2(rows, tiles, dm, stride) };
         }
     }
-    output_grad_row(rows, tiles, dm, stride)
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of aarch64; dm's length is checked above.
+        return unsafe { blocks::output_grad_row::<blocks::neon::Neon>(rows, tiles, dm, stride) };
+    }
+    #[allow(unreachable_code)]
+    // SAFETY: one lane needs no vector unit; dm's length is checked above.
+    unsafe {
+        blocks::output_grad_row::<f32>(rows, tiles, dm, stride)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
+    use super::blocks::{self, x86::Avx2, x86::Avx512};
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn output_grad_row_avx512(
         rows: [Option<&[f32]>; 2],
@@ -80,7 +91,8 @@ mod x86 {
         dm: &mut [f32],
         stride: usize,
     ) {
-        super::output_grad_row(rows, tiles, dm, stride)
+        // SAFETY: the caller's.
+        unsafe { blocks::output_grad_row::<Avx512>(rows, tiles, dm, stride) }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -90,39 +102,7 @@ mod x86 {
         dm: &mut [f32],
         stride: usize,
     ) {
-        super::output_grad_row(rows, tiles, dm, stride)
-    }
-}
-
-#[inline(always)]
-fn output_grad_row(rows: [Option<&[f32]>; 2], tiles: usize, dm: &mut [f32], stride: usize) {
-    let mut even = [[0.0f32; CHUNK]; 2];
-    let mut odd = [[0.0f32; CHUNK]; 2];
-    for j0 in (0..tiles).step_by(CHUNK) {
-        let n = CHUNK.min(tiles - j0);
-        for ((row, e), o) in rows.iter().zip(&mut even).zip(&mut odd) {
-            deinterleave(*row, 2 * j0 as isize, &mut e[..n], &mut o[..n]);
-        }
-        // Along the columns, column b of A: (e, e + o, e - o, -o) per row;
-        // then along the rows alike: (t0, t0 + t1, t0 - t1, -t1).
-        for b in 0..4 {
-            let column = |r: usize, k: usize| {
-                let (e, o) = (even[r][k], odd[r][k]);
-                match b {
-                    0 => e,
-                    1 => e + o,
-                    2 => e - o,
-                    _ => -o,
-                }
-            };
-            let at = |a: usize| (4 * a + b) * stride + j0;
-            for k in 0..n {
-                let (t0, t1) = (column(0, k), column(1, k));
-                dm[at(0) + k] = t0;
-                dm[at(1) + k] = t0 + t1;
-                dm[at(2) + k] = t0 - t1;
-                dm[at(3) + k] = -t1;
-            }
-        }
+        // SAFETY: the caller's.
+        unsafe { blocks::output_grad_row::<Avx2>(rows, tiles, dm, stride) }
     }
 }

@@ -14,6 +14,7 @@
 //! The transforms add and subtract only, so F(2×2, 3×3) loses little
 //! precision: its error stays within a few ulps of the direct sum's.
 
+mod blocks;
 #[cfg(feature = "conv")]
 mod conv;
 mod grad;
@@ -82,7 +83,16 @@ pub fn transform_input_row(
             return unsafe { x86::input_row_avx2(rows, left, tiles, v, stride) };
         }
     }
-    input_row(rows, left, tiles, v, stride)
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of aarch64; v's length is checked above.
+        return unsafe { blocks::input_row::<blocks::neon::Neon>(rows, left, tiles, v, stride) };
+    }
+    #[allow(unreachable_code)]
+    // SAFETY: one lane needs no vector unit; v's length is checked above.
+    unsafe {
+        blocks::input_row::<f32>(rows, left, tiles, v, stride)
+    }
 }
 
 /// One row of output tiles of one output channel: point p of tile j is
@@ -114,10 +124,13 @@ pub fn transform_output_row(
     output_row(m, stride, tiles, (bias, relu), out)
 }
 
-/// The transforms compiled for the wider x86 vector units: the loops below
-/// are written for the compiler to vectorise, and it does so per target.
+/// The transforms compiled for the wider x86 vector units: the input's on
+/// [`blocks`]' vectors, the output's loops below written for the compiler to
+/// vectorise, which it does per target.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::blocks::{self, x86::Avx2, x86::Avx512};
+
     pub fn has_avx2() -> bool {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
@@ -130,7 +143,8 @@ mod x86 {
         v: &mut [f32],
         stride: usize,
     ) {
-        super::input_row(rows, left, tiles, v, stride)
+        // SAFETY: the caller's.
+        unsafe { blocks::input_row::<Avx512>(rows, left, tiles, v, stride) }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -141,7 +155,8 @@ mod x86 {
         v: &mut [f32],
         stride: usize,
     ) {
-        super::input_row(rows, left, tiles, v, stride)
+        // SAFETY: the caller's.
+        unsafe { blocks::input_row::<Avx2>(rows, left, tiles, v, stride) }
     }
 
     #[target_feature(enable = "avx512f")]
@@ -164,97 +179,6 @@ mod x86 {
         out: [Option<&mut [f32]>; 2],
     ) {
         super::output_row(m, stride, tiles, bias_relu, out)
-    }
-}
-
-/// Four rows of a chunk of tiles' columns, and one column more (a tile's
-/// last two columns are the next one's first two).
-type Columns = [[f32; CHUNK + 1]; 4];
-
-#[inline(always)]
-fn input_row(rows: [Option<&[f32]>; 4], left: usize, tiles: usize, v: &mut [f32], stride: usize) {
-    // The even and odd columns of the four input rows, then of Bᵀ d.
-    let mut even: Columns = [[0.0; CHUNK + 1]; 4];
-    let mut odd: Columns = [[0.0; CHUNK + 1]; 4];
-    for j0 in (0..tiles).step_by(CHUNK) {
-        let n = CHUNK.min(tiles - j0);
-        let start = (2 * j0) as isize - left as isize;
-        for ((row, e), o) in rows.iter().zip(&mut even).zip(&mut odd) {
-            deinterleave(*row, start, &mut e[..=n], &mut o[..=n]);
-        }
-        rows_bt_d(&mut even);
-        rows_bt_d(&mut odd);
-        // (Bᵀ d) B, the same on columns: column 2j is even[j], 2j+1 odd[j],
-        // 2j+2 even[j+1] and 2j+3 odd[j+1].
-        for (a, (e, o)) in even.iter().zip(&odd).enumerate() {
-            let (e0, e1, o0, o1) = (&e[..n], &e[1..=n], &o[..n], &o[1..=n]);
-            let at = |b: usize| (4 * a + b) * stride + j0;
-            combine(&mut v[at(0)..at(0) + n], e0, e1, |x, y| x - y);
-            combine(&mut v[at(1)..at(1) + n], o0, e1, |x, y| x + y);
-            combine(&mut v[at(2)..at(2) + n], e1, o0, |x, y| x - y);
-            combine(&mut v[at(3)..at(3) + n], o0, o1, |x, y| x - y);
-        }
-    }
-}
-
-/// `out[k] = f(x[k], y[k])`.
-#[inline(always)]
-fn combine(out: &mut [f32], x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) {
-    for ((out, &x), &y) in out.iter_mut().zip(x).zip(y) {
-        *out = f(x, y);
-    }
-}
-
-/// Bᵀ d over the rows of a chunk: d0 - d2, d1 + d2, d2 - d1, d1 - d3.
-#[inline(always)]
-fn rows_bt_d(d: &mut Columns) {
-    let [d0, d1, d2, d3] = d;
-    let rows = d0
-        .iter_mut()
-        .zip(d1.iter_mut())
-        .zip(d2.iter_mut())
-        .zip(d3.iter_mut());
-    for (((r0, r1), r2), r3) in rows {
-        let (x0, x1, x2, x3) = (*r0, *r1, *r2, *r3);
-        *r0 = x0 - x2;
-        *r1 = x1 + x2;
-        *r2 = x2 - x1;
-        *r3 = x1 - x3;
-    }
-}
-
-/// `even[k] = row[start + 2k]`, `odd[k] = row[start + 2k + 1]`, zero outside the row.
-#[inline(always)]
-fn deinterleave(row: Option<&[f32]>, start: isize, even: &mut [f32], odd: &mut [f32]) {
-    let Some(row) = row else {
-        even.fill(0.0);
-        odd.fill(0.0);
-        return;
-    };
-    // The tiles whose two columns are both inside the row, by a plain
-    // de-interleaving copy; the one or two at each edge one by one.
-    let n = even.len();
-    let k_lo = (start.min(0).unsigned_abs()).div_ceil(2).min(n);
-    let k_hi = ((row.len() as isize - start).max(0) as usize / 2).clamp(k_lo, n);
-    if k_hi > k_lo {
-        let first = (start + 2 * k_lo as isize) as usize;
-        let pairs = row[first..first + 2 * (k_hi - k_lo)].chunks_exact(2);
-        let inside = even[k_lo..k_hi].iter_mut().zip(&mut odd[k_lo..k_hi]);
-        for ((e, o), pair) in inside.zip(pairs) {
-            *e = pair[0];
-            *o = pair[1];
-        }
-    }
-    let at = |x: isize| {
-        usize::try_from(x)
-            .ok()
-            .and_then(|x| row.get(x))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    for k in (0..k_lo).chain(k_hi..n) {
-        even[k] = at(start + 2 * k as isize);
-        odd[k] = at(start + 2 * k as isize + 1);
     }
 }
 
