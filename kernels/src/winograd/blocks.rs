@@ -1,9 +1,11 @@
-//! The tile transforms that read an image's rows, on blocks of one vector of
-//! tiles: the input transform (`Bᵀ d B`) and the output gradient's (`A dY Aᵀ`).
+//! The tile transforms that read or write an image's rows, on blocks of one
+//! vector of tiles: the input transform (`Bᵀ d B`), the output transform
+//! (`Aᵀ M A`, with bias and ReLU) and the output gradient's (`A dY Aᵀ`).
 //!
 //! Tile k of a block reads columns `2k .. 2k + 4` (input) or `2k, 2k + 1`
 //! (output gradient): a row's even and odd columns, which two loads and two
-//! lane permutations give for a whole block. Everything else is whole-vector
+//! lane permutations give for a whole block (and two more interleave the
+//! output's pixels). Everything else is whole-vector
 //! additions, and each of the 16 points is one (masked, for the last block)
 //! store; the blocks at a row's ends load through masks. The loops the compiler vectorised on its own went through stack
 //! arrays with scalar edges, and took 4–30 ns a tile; this is a fraction of that.
@@ -43,6 +45,12 @@ pub(super) trait TileLanes: Copy {
     unsafe fn zero() -> Self;
     unsafe fn add(a: Self, b: Self) -> Self;
     unsafe fn sub(a: Self, b: Self) -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    unsafe fn max(a: Self, b: Self) -> Self;
+    /// `a0, b0, a1, b1, …`: the first LANES of them.
+    unsafe fn zip_lo(a: Self, b: Self) -> Self;
+    /// The last LANES of them.
+    unsafe fn zip_hi(a: Self, b: Self) -> Self;
     /// Lanes 0, 2, 4, … of the 2·LANES values `lo, hi`.
     unsafe fn even(lo: Self, hi: Self) -> Self;
     /// Lanes 1, 3, 5, … of `lo, hi`.
@@ -177,6 +185,64 @@ pub(super) unsafe fn output_grad_row<V: TileLanes>(
     }
 }
 
+/// [`super::transform_output_row`] on blocks of `V::LANES` tiles.
+///
+/// # Safety
+/// The CPU has `V`'s vector unit; `m` holds point 15 of the last tile
+/// (`m.len() > 15 * stride + tiles - 1`); each output row has a pixel of
+/// every tile (`len > 2 * (tiles - 1)`).
+#[inline(always)]
+pub(super) unsafe fn output_row<V: TileLanes>(
+    m: &[f32],
+    stride: usize,
+    tiles: usize,
+    (bias, relu): (f32, bool),
+    [mut top, mut bottom]: [Option<&mut [f32]>; 2],
+) {
+    let lanes = V::LANES;
+    let bias = V::splat(bias);
+    for j0 in (0..tiles).step_by(lanes) {
+        let n = lanes.min(tiles - j0);
+        let mut points = [V::zero(); 16];
+        for (p, point) in points.iter_mut().enumerate() {
+            let at = p * stride + j0;
+            *point = if n == lanes {
+                // SAFETY: a whole block of tiles lies within m.
+                V::load(m.as_ptr().add(at))
+            } else {
+                V::load_window(&m[at..at + n], 0)
+            };
+        }
+        // Aᵀ M, per column b of the tiles' points: the rows m0 + m1 + m2 and
+        // m1 - m2 - m3; then · A along the columns alike.
+        let [mut upper, mut lower] = [[V::zero(); 4]; 2];
+        for (b, (upper, lower)) in upper.iter_mut().zip(&mut lower).enumerate() {
+            let (m0, m1, m2, m3) = (points[b], points[4 + b], points[8 + b], points[12 + b]);
+            *upper = V::add(V::add(m0, m1), m2);
+            *lower = V::sub(V::sub(m1, m2), m3);
+        }
+        for (row, s) in [top.as_deref_mut(), bottom.as_deref_mut()]
+            .into_iter()
+            .zip([upper, lower])
+        {
+            let Some(row) = row else { continue };
+            let mut even = V::add(V::add(V::add(s[0], s[1]), s[2]), bias);
+            let mut odd = V::add(V::sub(V::sub(s[1], s[2]), s[3]), bias);
+            if relu {
+                (even, odd) = (V::max(even, V::zero()), V::max(odd, V::zero()));
+            }
+            // An odd row's last tile has one pixel.
+            let pixels = (2 * n).min(row.len() - 2 * j0);
+            let p = row.as_mut_ptr().add(2 * j0);
+            // SAFETY: the row holds `pixels` more from p.
+            V::store_first(p, V::zip_lo(even, odd), pixels.min(lanes));
+            if pixels > lanes {
+                V::store_first(p.add(lanes), V::zip_hi(even, odd), pixels - lanes);
+            }
+        }
+    }
+}
+
 /// One lane: the portable path, and a reference for the vector ones.
 impl TileLanes for f32 {
     const LANES: usize = 1;
@@ -203,6 +269,22 @@ impl TileLanes for f32 {
     #[inline(always)]
     unsafe fn sub(a: f32, b: f32) -> f32 {
         a - b
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    unsafe fn max(a: f32, b: f32) -> f32 {
+        a.max(b)
+    }
+    #[inline(always)]
+    unsafe fn zip_lo(a: f32, _: f32) -> f32 {
+        a
+    }
+    #[inline(always)]
+    unsafe fn zip_hi(_: f32, b: f32) -> f32 {
+        b
     }
     #[inline(always)]
     unsafe fn even(lo: f32, _: f32) -> f32 {
@@ -265,6 +347,30 @@ pub(super) mod x86 {
         #[inline(always)]
         unsafe fn sub(a: Self, b: Self) -> Self {
             unsafe { Self(_mm512_sub_ps(a.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { Self(_mm512_set1_ps(x)) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self, b: Self) -> Self {
+            unsafe { Self(_mm512_max_ps(a.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn zip_lo(a: Self, b: Self) -> Self {
+            unsafe {
+                let index =
+                    _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+                Self(_mm512_permutex2var_ps(a.0, index, b.0))
+            }
+        }
+        #[inline(always)]
+        unsafe fn zip_hi(a: Self, b: Self) -> Self {
+            unsafe {
+                let index =
+                    _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+                Self(_mm512_permutex2var_ps(a.0, index, b.0))
+            }
         }
         #[inline(always)]
         unsafe fn even(lo: Self, hi: Self) -> Self {
@@ -346,6 +452,29 @@ pub(super) mod x86 {
             unsafe { Self(_mm256_sub_ps(a.0, b.0)) }
         }
         #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { Self(_mm256_set1_ps(x)) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self, b: Self) -> Self {
+            unsafe { Self(_mm256_max_ps(a.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn zip_lo(a: Self, b: Self) -> Self {
+            // unpacklo: a0 b0 a1 b1 | a4 b4 a5 b5; unpackhi: a2 b2 a3 b3 | a6 b6 a7 b7.
+            unsafe {
+                let (low, high) = (_mm256_unpacklo_ps(a.0, b.0), _mm256_unpackhi_ps(a.0, b.0));
+                Self(_mm256_permute2f128_ps::<0x20>(low, high))
+            }
+        }
+        #[inline(always)]
+        unsafe fn zip_hi(a: Self, b: Self) -> Self {
+            unsafe {
+                let (low, high) = (_mm256_unpacklo_ps(a.0, b.0), _mm256_unpackhi_ps(a.0, b.0));
+                Self(_mm256_permute2f128_ps::<0x31>(low, high))
+            }
+        }
+        #[inline(always)]
         unsafe fn even(lo: Self, hi: Self) -> Self {
             unsafe {
                 let pairs = _mm256_shuffle_ps::<0b10_00_10_00>(lo.0, hi.0);
@@ -404,6 +533,22 @@ pub(super) mod neon {
             unsafe { Self(vsubq_f32(a.0, b.0)) }
         }
         #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { Self(vdupq_n_f32(x)) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self, b: Self) -> Self {
+            unsafe { Self(vmaxq_f32(a.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn zip_lo(a: Self, b: Self) -> Self {
+            unsafe { Self(vzip1q_f32(a.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn zip_hi(a: Self, b: Self) -> Self {
+            unsafe { Self(vzip2q_f32(a.0, b.0)) }
+        }
+        #[inline(always)]
         unsafe fn even(lo: Self, hi: Self) -> Self {
             unsafe { Self(vuzp1q_f32(lo.0, hi.0)) }
         }
@@ -432,6 +577,7 @@ mod tests {
     const SENTINEL: f32 = 1234.5;
 
     type InputRow = unsafe fn([Option<&[f32]>; 4], usize, usize, &mut [f32], usize);
+    type OutputRow = unsafe fn(&[f32], usize, usize, (f32, bool), [Option<&mut [f32]>; 2]);
     type OutputGradRow = unsafe fn([Option<&[f32]>; 2], usize, &mut [f32], usize);
 
     /// Every path this CPU runs: one lane, and each vector unit it has.
@@ -448,6 +594,22 @@ mod tests {
         }
         #[cfg(target_arch = "aarch64")]
         paths.push(("neon", input_row::<neon::Neon>));
+        paths
+    }
+
+    fn output_paths() -> Vec<(&'static str, OutputRow)> {
+        let mut paths: Vec<(&'static str, OutputRow)> = vec![("one lane", output_row::<f32>)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::winograd::x86::has_avx2() {
+                paths.push(("avx2", crate::winograd::x86::output_row_avx2));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                paths.push(("avx512", crate::winograd::x86::output_row_avx512));
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        paths.push(("neon", output_row::<neon::Neon>));
         paths
     }
 
@@ -566,6 +728,53 @@ mod tests {
                     unsafe { path(rows, tiles, &mut dm, stride) };
                     let label = format!("{name}, width {width}, second row {last_row}");
                     check(&label, &dm, stride, tiles, expected);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn output_blocks_compute_at_m_a_with_bias_and_relu_on_every_path() {
+        // Odd widths end in a one-pixel tile; a missing second row is an odd height's last.
+        for width in (1..=40usize).chain([135]) {
+            let tiles = width.div_ceil(2);
+            let stride = tiles + 3;
+            let m = values(16 * stride, width as u32);
+            for (bias, relu) in [(0.0, false), (0.25, true)] {
+                for second_row in [true, false] {
+                    let expected = |r: usize, x: usize| {
+                        let (j, c) = (x / 2, x % 2);
+                        let mut sum = 0.0;
+                        for p in 0..16 {
+                            sum += A[p / 4][r] * m[p * stride + j] * A[p % 4][c];
+                        }
+                        let sum = sum + bias;
+                        if relu {
+                            sum.max(0.0)
+                        } else {
+                            sum
+                        }
+                    };
+                    for (name, path) in output_paths() {
+                        let mut rows = vec![SENTINEL; 2 * width + MAX_LANES];
+                        let (top, bottom) = rows.split_at_mut(width);
+                        let bottom = second_row.then(|| &mut bottom[..width]);
+                        // SAFETY: the path's CPU features were detected; m holds 16 rows.
+                        unsafe { path(&m, stride, tiles, (bias, relu), [Some(top), bottom]) };
+                        let label = format!("{name}, width {width}, bias {bias}, relu {relu}");
+                        for (i, &got) in rows.iter().enumerate() {
+                            let (r, x) = (i / width, i % width);
+                            let want = if r == 0 || (r == 1 && second_row) {
+                                expected(r, x)
+                            } else {
+                                SENTINEL
+                            };
+                            assert!(
+                                (got - want).abs() <= 1e-5,
+                                "{label}: pixel {x} of row {r} is {got}, not {want}"
+                            );
+                        }
+                    }
                 }
             }
         }

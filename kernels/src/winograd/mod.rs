@@ -8,8 +8,8 @@
 //! input tiles; `Y = Aᵀ M A` then gives each output tile. This module has
 //! the three transforms, [`Conv3x3`] (feature `conv`) the convolution they
 //! make with [`crate::product`]'s matrix products.
-//! They work on a row of tiles at a time, in chunks laid out so that every
-//! step is a contiguous, vectorisable loop over tiles.
+//! They work on a row of tiles at a time, a vector's worth of tiles per step
+//! ([`blocks`]).
 //!
 //! The transforms add and subtract only, so F(2×2, 3×3) loses little
 //! precision: its error stays within a few ulps of the direct sum's.
@@ -26,9 +26,6 @@ pub use grad::{transform_output_grad_row, transform_weights_grad};
 pub const TILE: usize = 2;
 /// Transformed points per tile: the number of matrix products.
 pub const POINTS: usize = 16;
-
-/// Tiles transformed together, sized for stack buffers that stay in L1.
-const CHUNK: usize = 64;
 
 /// `U = G g Gᵀ` for OIHW 3×3 weights `[cout][cin][3][3]`, laid out as
 /// `[16][cout][cin]`: point p's `cout × cin` matrix, row-major.
@@ -121,12 +118,21 @@ pub fn transform_output_row(
             return unsafe { x86::output_row_avx2(m, stride, tiles, (bias, relu), out) };
         }
     }
-    output_row(m, stride, tiles, (bias, relu), out)
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of aarch64; m's length is checked above.
+        return unsafe {
+            blocks::output_row::<blocks::neon::Neon>(m, stride, tiles, (bias, relu), out)
+        };
+    }
+    #[allow(unreachable_code)]
+    // SAFETY: one lane needs no vector unit; m's length is checked above.
+    unsafe {
+        blocks::output_row::<f32>(m, stride, tiles, (bias, relu), out)
+    }
 }
 
-/// The transforms compiled for the wider x86 vector units: the input's on
-/// [`blocks`]' vectors, the output's loops below written for the compiler to
-/// vectorise, which it does per target.
+/// The transforms compiled for the wider x86 vector units, on [`blocks`]' vectors.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::blocks::{self, x86::Avx2, x86::Avx512};
@@ -167,7 +173,8 @@ mod x86 {
         bias_relu: (f32, bool),
         out: [Option<&mut [f32]>; 2],
     ) {
-        super::output_row(m, stride, tiles, bias_relu, out)
+        // SAFETY: the caller's.
+        unsafe { blocks::output_row::<Avx512>(m, stride, tiles, bias_relu, out) }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -178,60 +185,8 @@ mod x86 {
         bias_relu: (f32, bool),
         out: [Option<&mut [f32]>; 2],
     ) {
-        super::output_row(m, stride, tiles, bias_relu, out)
-    }
-}
-
-#[inline(always)]
-fn output_row(
-    m: &[f32],
-    stride: usize,
-    tiles: usize,
-    (bias, relu): (f32, bool),
-    mut out: [Option<&mut [f32]>; 2],
-) {
-    // Aᵀ M per column b of the tiles' 4x4 points: rows m0 + m1 + m2 and
-    // m1 - m2 - m3, for a chunk of tiles.
-    let mut s = [[[0.0f32; CHUNK]; 4]; 2];
-    for j0 in (0..tiles).step_by(CHUNK) {
-        let n = CHUNK.min(tiles - j0);
-        let point = |p: usize| &m[p * stride + j0..p * stride + j0 + n];
-        for b in 0..4 {
-            let (m0, m1, m2, m3) = (point(b), point(4 + b), point(8 + b), point(12 + b));
-            let [upper, lower] = &mut s;
-            let (upper, lower) = (&mut upper[b][..n], &mut lower[b][..n]);
-            for k in 0..n {
-                upper[k] = m0[k] + m1[k] + m2[k];
-                lower[k] = m1[k] - m2[k] - m3[k];
-            }
-        }
-        // · A on the columns alike, then the bias and the ReLU, into the rows.
-        for (row, s) in out.iter_mut().zip(&s) {
-            let Some(row) = row else { continue };
-            let row = &mut row[2 * j0..];
-            if relu {
-                store_pixels(row, s, n, |v| (v + bias).max(0.0));
-            } else {
-                store_pixels(row, s, n, |v| v + bias);
-            }
-        }
-    }
-}
-
-/// Output columns 2k and 2k + 1 of `row` for tiles k < n: `s0 + s1 + s2` and
-/// `s1 - s2 - s3` through `pixel`; an odd row's last tile gives one column.
-#[inline(always)]
-fn store_pixels(row: &mut [f32], s: &[[f32; CHUNK]; 4], n: usize, pixel: impl Fn(f32) -> f32) {
-    let [s0, s1, s2, s3] = s;
-    let pairs = n.min(row.len() / 2);
-    let (s0, s1, s2, s3) = (&s0[..pairs], &s1[..pairs], &s2[..pairs], &s3[..pairs]);
-    for (k, pair) in row[..2 * pairs].chunks_exact_mut(2).enumerate() {
-        pair[0] = pixel(s0[k] + s1[k] + s2[k]);
-        pair[1] = pixel(s1[k] - s2[k] - s3[k]);
-    }
-    if pairs < n && row.len() % 2 == 1 {
-        let k = pairs;
-        row[2 * k] = pixel(s[0][k] + s[1][k] + s[2][k]);
+        // SAFETY: the caller's.
+        unsafe { blocks::output_row::<Avx2>(m, stride, tiles, bias_relu, out) }
     }
 }
 
@@ -326,12 +281,12 @@ mod tests {
 
     #[test]
     fn winograd_computes_the_direct_convolution() {
-        // Even and odd output sizes, with and without padding, more than a chunk of tiles wide.
+        // Even and odd output sizes, with and without padding, many blocks of tiles wide.
         for (shape, seed) in [
             ((3, 2, 6, 6, 1), 1),
             ((4, 3, 7, 9, 1), 2),
             ((2, 5, 9, 8, 0), 3),
-            ((3, 2, 5, 2 * CHUNK + 7, 1), 4),
+            ((3, 2, 5, 135, 1), 4),
         ] {
             let (cin, cout, h, w, _) = shape;
             let input = values(cin * h * w, seed);
