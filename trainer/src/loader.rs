@@ -5,9 +5,11 @@
 //! order and content never depend on thread timing. Each sample's randomness
 //! comes from `(seed, epoch, sample index)` alone.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -118,6 +120,50 @@ fn build_batch(
     })
 }
 
+/// The CPU time this thread has used: what loading costs the compute
+/// threads it shares the cores with, which wall time on a busy machine
+/// would overstate.
+fn thread_cpu_time() -> Duration {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid timespec for clock_gettime to write.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        }
+    }
+    Duration::ZERO
+}
+
+/// [`build_batch`], adding the CPU time it took to `cpu_nanos`.
+fn build_batch_timed(
+    source: &dyn Source,
+    ids: &[usize],
+    cfg: &LoaderConfig,
+    epoch: u64,
+    cpu_nanos: &AtomicU64,
+) -> Result<Batch> {
+    let start = thread_cpu_time();
+    let batch = build_batch(source, ids, cfg, epoch);
+    let spent = thread_cpu_time().saturating_sub(start);
+    cpu_nanos.fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+    batch
+}
+
+/// What an epoch's loading has cost so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadCost {
+    /// Batches handed out.
+    pub batches: usize,
+    /// CPU time spent decoding and augmenting them, on any thread.
+    pub cpu: Duration,
+    /// Time the consumer waited for them.
+    pub waited: Duration,
+}
+
 /// Iterates the batches of one epoch, starting at batch `skip`.
 pub struct EpochLoader {
     source: Arc<dyn Source>,
@@ -127,6 +173,8 @@ pub struct EpochLoader {
     next: usize,
     skip: usize,
     receivers: Vec<Receiver<Result<Batch>>>,
+    cpu_nanos: Arc<AtomicU64>,
+    waited: Duration,
 }
 
 impl EpochLoader {
@@ -142,6 +190,7 @@ impl EpochLoader {
             .map(|c| c.to_vec())
             .collect();
         let mut receivers = Vec::new();
+        let cpu_nanos = Arc::new(AtomicU64::new(0));
         for w in 0..cfg.workers {
             let (tx, rx) = sync_channel(cfg.prefetch.max(1));
             let mine: Vec<Vec<usize>> = chunks
@@ -150,14 +199,16 @@ impl EpochLoader {
                 .step_by(cfg.workers)
                 .cloned()
                 .collect();
-            let (source, cfg) = (Arc::clone(&source), Arc::clone(&cfg));
+            let (source, cfg, cpu) = (
+                Arc::clone(&source),
+                Arc::clone(&cfg),
+                Arc::clone(&cpu_nanos),
+            );
             thread::spawn(move || {
                 for ids in mine {
+                    let batch = build_batch_timed(source.as_ref(), &ids, &cfg, epoch, &cpu);
                     // A closed channel means the consumer is gone: stop quietly.
-                    if tx
-                        .send(build_batch(source.as_ref(), &ids, &cfg, epoch))
-                        .is_err()
-                    {
+                    if tx.send(batch).is_err() {
                         return;
                     }
                 }
@@ -172,6 +223,17 @@ impl EpochLoader {
             next: skip,
             skip,
             receivers,
+            cpu_nanos,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// What the batches handed out so far have cost.
+    pub fn cost(&self) -> LoadCost {
+        LoadCost {
+            batches: self.next - self.skip,
+            cpu: Duration::from_nanos(self.cpu_nanos.load(Ordering::Relaxed)),
+            waited: self.waited,
         }
     }
 
@@ -186,8 +248,10 @@ impl Iterator for EpochLoader {
 
     fn next(&mut self) -> Option<Self::Item> {
         let ids = self.chunks.get(self.next)?;
+        let asked = Instant::now();
         let item = if self.receivers.is_empty() {
-            build_batch(self.source.as_ref(), ids, &self.cfg, self.epoch)
+            let (source, cfg) = (self.source.as_ref(), &self.cfg);
+            build_batch_timed(source, ids, cfg, self.epoch, &self.cpu_nanos)
         } else {
             // Worker w owns batches skip + w, skip + w + workers, ...
             let w = (self.next - self.skip) % self.receivers.len();
@@ -195,6 +259,7 @@ impl Iterator for EpochLoader {
                 .recv()
                 .unwrap_or_else(|_| Err(TrainError::Worker("a worker thread exited early".into())))
         };
+        self.waited += asked.elapsed();
         self.next += 1;
         Some(item)
     }

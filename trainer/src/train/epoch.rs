@@ -87,6 +87,7 @@ impl Trainer<'_> {
             record.images_per_second,
             record.seconds
         ));
+        self.say(data_line(run));
         if opts.model.out_channels > 1 {
             let per: Vec<String> = record
                 .val
@@ -161,4 +162,21 @@ impl Trainer<'_> {
         }
         Ok(())
     }
+}
+
+/// What loading cost the epoch's training: the CPU time decoding and
+/// augmenting took (on the loader's threads, which share the cores with the
+/// training step) against the step time, and how long the step waited.
+fn data_line(run: &EpochRun) -> String {
+    let load = &run.load;
+    let batches = load.batches.max(1) as f64;
+    let step = run.train_seconds / batches;
+    let cpu = load.cpu.as_secs_f64() / batches;
+    format!(
+        "           data  {:.1} ms of CPU a batch ({:.1} % of a {:.0} ms step), waited {:.2}s in all",
+        cpu * 1e3,
+        100.0 * cpu / step.max(1e-9),
+        step * 1e3,
+        load.waited.as_secs_f64()
+    )
 }

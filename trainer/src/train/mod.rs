@@ -20,7 +20,7 @@ use unet_models::Preprocessing;
 use crate::checkpoint::{self, TrainState};
 use crate::data::Source;
 use crate::error::{Result, TrainError};
-use crate::loader::{epoch_order, Batch, EpochLoader, LoaderConfig};
+use crate::loader::{epoch_order, Batch, EpochLoader, LoadCost, LoaderConfig};
 use crate::report::EpochRecord;
 use crate::schedule::Schedule;
 use budget::TimeBudget;
@@ -101,6 +101,8 @@ struct EpochRun {
     /// Images trained on, and the seconds it took.
     images: usize,
     train_seconds: f64,
+    /// What loading its batches cost.
+    load: LoadCost,
 }
 
 /// How an epoch's training part ended.
@@ -217,7 +219,7 @@ impl Trainer<'_> {
         let (opts, device) = (self.opts, self.device);
         let epoch = self.state.epoch;
         let order = epoch_order(&self.train_idx, self.state.seed, epoch as u64);
-        let loader = EpochLoader::new(
+        let mut loader = EpochLoader::new(
             Arc::clone(&self.source),
             Arc::clone(&self.loader_cfg),
             &order,
@@ -233,15 +235,16 @@ impl Trainer<'_> {
             self.quiet,
         );
         let (mut images, started) = (0usize, Instant::now());
-        let run = |end, images| EpochRun {
+        let run = |end, images, load| EpochRun {
             end,
             started,
             images,
             train_seconds: started.elapsed().as_secs_f64(),
+            load,
         };
         let mut since_step = Instant::now();
         let classes = opts.model.out_channels;
-        for batch in loader {
+        for batch in loader.by_ref() {
             let batch = batch?;
             let lr = self.schedule.lr(self.state.global_step);
             let update = (self.state.batch + 1).is_multiple_of(opts.accumulate)
@@ -269,7 +272,7 @@ impl Trainer<'_> {
                 }
                 if stop {
                     bar.abandon_with_message(format!("stopped at step {}", self.state.global_step));
-                    return Ok(run(EpochEnd::Stopped, images));
+                    return Ok(run(EpochEnd::Stopped, images, loader.cost()));
                 }
                 if let Some(b) = &mut self.budget {
                     b.record_steps(1, since_step.elapsed());
@@ -286,7 +289,7 @@ impl Trainer<'_> {
                                 .as_ref()
                                 .map_or(0.0, |b| b.spent().as_secs_f64())
                         ));
-                        return Ok(run(EpochEnd::OutOfTime, images));
+                        return Ok(run(EpochEnd::OutOfTime, images, loader.cost()));
                     }
                 }
             }
@@ -298,7 +301,7 @@ impl Trainer<'_> {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        Ok(run(EpochEnd::Complete, images))
+        Ok(run(EpochEnd::Complete, images, loader.cost()))
     }
 
     fn summary(self, interrupted: bool, out_of_time: bool) -> Summary {

@@ -291,6 +291,38 @@ fn loader_is_independent_of_workers() {
     assert_eq!(a, collect(3));
 }
 
+/// The loader counts the CPU time of its batches on whichever thread builds
+/// them, and how long the consumer waited for them.
+#[test]
+fn loader_reports_what_its_batches_cost() {
+    use unet_trainer::loader::{EpochLoader, LoaderConfig};
+    let src = demo(9);
+    for workers in [0, 2] {
+        let cfg = Arc::new(LoaderConfig {
+            batch_size: 3,
+            workers,
+            prefetch: 1,
+            width: 48,
+            height: 48,
+            seed: 5,
+            mean: vec![0.5; 3],
+            std: vec![0.25; 3],
+            augment: Some(AugmentConfig::default()),
+        });
+        let order: Vec<usize> = (0..9).collect();
+        let mut loader = EpochLoader::new(Arc::clone(&src), cfg, &order, 0, 0);
+        assert_eq!(loader.cost().batches, 0);
+        assert_eq!(loader.by_ref().count(), 3);
+        let cost = loader.cost();
+        assert_eq!(cost.batches, 3, "{workers} workers");
+        assert!(cost.cpu > std::time::Duration::ZERO, "{workers} workers: {cost:?}");
+        if workers == 0 {
+            // The consumer built every batch itself: it waited at least that long.
+            assert!(cost.waited >= cost.cpu, "{cost:?}");
+        }
+    }
+}
+
 // ---- data sets on disk ----
 
 fn write_rgb(path: &Path, w: u32, h: u32) {
