@@ -14,10 +14,22 @@
 /// last few columns of a product that is no multiple by a plain loop.
 pub const COLUMN_ALIGN: usize = 16;
 
-/// Input channels up to which the products run here rather than on gemm
-/// (`winograd_layers` example: 86–100 % of the FMA peak up to 256 channels,
-/// against gemm's 67–96 %; from 512 gemm's cache blocking is as fast or faster).
-pub const MAX_DEPTH: usize = 256;
+/// Input channels up to which the products run here rather than on gemm, on
+/// this CPU's vector path (`winograd_layers` example): on AVX-512 86–100 % of
+/// the FMA peak up to 256 channels, against gemm's 67–96 %, and from 512
+/// gemm's cache blocking is as fast or faster; on AVX2, whose block has half
+/// the registers, gemm wins from 256 (86–88 % against 74–75 %).
+pub fn max_depth() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            return 256;
+        }
+        128
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    256
+}
 
 /// `M[r][c] = Σ_k U[r][k] · V[k][c]` for `rows × depth` row-major `u`, `V`'s
 /// row k at `v + k · v_stride` and `M`'s row r at `m + r · m_stride`,

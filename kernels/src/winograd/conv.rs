@@ -354,7 +354,7 @@ impl Conv3x3 {
                 )
             }
         };
-        if cin <= product::MAX_DEPTH {
+        if cin <= product::max_depth() {
             let done = if threads > 1 {
                 (0..POINTS)
                     .into_par_iter()
@@ -455,8 +455,8 @@ mod tests {
     fn tiles_compute_the_direct_convolution() {
         // 9x7 to 9x7 (padding 1): odd sizes; tiles of 2, 4 and all rows, on 1
         // and 2 threads; products unpacked (5 channels) and on gemm (more
-        // than product::MAX_DEPTH).
-        for cin in [5, product::MAX_DEPTH + 3] {
+        // than product::max_depth()).
+        for cin in [5, product::max_depth() + 3] {
             let conv = Conv3x3 {
                 cin,
                 cout: 3,

@@ -59,7 +59,7 @@ impl TiledDeconv {
         let image = &x[(b * self.input_channels * h + y0) * w..];
         // SAFETY: `product` holds taps × cols floats; the input rows y0..y1 of
         // each channel are `cols` floats at stride h·w inside `x`.
-        let unpacked = self.input_channels <= product::MAX_DEPTH
+        let unpacked = self.input_channels <= product::max_depth()
             && unsafe {
                 product::multiply(
                     weights,
