@@ -19,6 +19,25 @@ use super::tiled_conv::{
 };
 use unet_kernels::product;
 
+/// Input rows per tile: [`tile_rows`]' cache-sized tiles, but at least two a
+/// thread, so that the deep up-samplings of a few input rows share the work.
+pub(super) fn deconv_tile_rows(
+    taps: usize,
+    n: usize,
+    (h, w): (usize, usize),
+    threads: usize,
+) -> usize {
+    let per_image = (2 * threads.max(1)).div_ceil(n.max(1));
+    tile_rows(taps, h, w).min((h / per_image).max(1))
+}
+
+/// Whether [`TiledDeconv`] suits an up-sampling of `n` images of `h`x`w`
+/// input pixels on `threads` threads: each tile must still hold a few
+/// vectors' worth of pixels.
+pub fn suits(taps: usize, n: usize, (h, w): (usize, usize), threads: usize) -> bool {
+    deconv_tile_rows(taps, n, (h, w), threads) * w >= 32
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TiledDeconv {
     pub input_channels: usize,
@@ -137,9 +156,9 @@ impl EvalOp for TiledDeconv {
         let mut view = output.try_as_plain_ram_mut()?;
         let out = OutputPtr(view.as_slice_mut::<f32>()?.as_mut_ptr());
         let weights_and_bias = (plain_f32(&self.weights)?, plain_f32(&self.bias)?);
-        let rows = tile_rows(self.taps(), h, w);
-        let len = self.taps() * rows * w;
         on_tract_threads(|threads| {
+            let rows = deconv_tile_rows(self.taps(), n, (h, w), threads);
+            let len = self.taps() * rows * w;
             for_each_tile(n, h, rows, threads, |b, y0, y1| {
                 with_scratch(len, |product| {
                     // SAFETY: tiles are disjoint and each is taken by one thread.

@@ -357,7 +357,7 @@ fn tiled_deconv(
         return Ok(None);
     };
     let cout = spec.output_channels;
-    if !tiled_conv::suits(cout * kh * kw, n, (h, w), threads) {
+    if !super::tiled_deconv::suits(cout * kh * kw, n, (h, w), threads) {
         return Ok(None);
     }
     let Some((kernel, bias)) = constant_weights(model, node, [cout, cin, kh, kw])? else {

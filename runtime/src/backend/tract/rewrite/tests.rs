@@ -5,6 +5,7 @@ use tract_core::ops::cnn::PoolSpec;
 use tract_core::ops::math::max;
 use tract_core::runtime::RunOptions;
 use tract_linalg::multithread::Executor;
+use unet_kernels::product;
 
 use super::*;
 
@@ -234,13 +235,21 @@ fn a_concatenation_read_elsewhere_is_kept() -> TractResult<()> {
     Ok(())
 }
 
-/// `x [N, 24, 64, 64]` -> transposed conv, kernel and stride 2x2 (24 -> 16)
+/// `x [N, 24, 64, 61]` -> transposed conv, kernel and stride 2x2 (24 -> 16)
 /// -> transposed conv, kernel and stride 2x3 (16 -> 8), both with bias.
+/// 61 columns: no tile of rows is whole vectors of pixels.
 fn deconvs() -> TractResult<TypedModel> {
+    deconv_chain([N, 24, 64, 61], &[(24, 16, (2, 2)), (16, 8, (2, 3))])
+}
+
+/// Transposed convolutions with bias, kernel = stride, one after the other.
+fn deconv_chain(
+    input: [usize; 4],
+    layers: &[(usize, usize, (usize, usize))],
+) -> TractResult<TypedModel> {
     let mut model = TypedModel::default();
-    // 61 columns: no tile of rows is whole vectors of pixels.
-    let mut wire = model.add_source("x", f32::fact([N, 24, 64, 61]))?;
-    for (i, (cin, cout, (kh, kw))) in [(24, 16, (2, 2)), (16, 8, (2, 3))].into_iter().enumerate() {
+    let mut wire = model.add_source("x", f32::fact(input))?;
+    for (i, &(cin, cout, (kh, kw))) in layers.iter().enumerate() {
         let kernel = tract_ndarray::Array4::from_shape_vec(
             (cout, cin, kh, kw),
             values(cout * cin * kh * kw, 30 + i as u32),
@@ -270,8 +279,30 @@ fn deconvs() -> TractResult<TypedModel> {
 
 #[test]
 fn tiled_deconvs_compute_what_tract_computes() -> TractResult<()> {
-    let x = tract_ndarray::Array4::from_shape_vec((N, 24, 64, 61), values(N * 24 * 64 * 61, 50))?;
-    let expected = deconvs()?
+    check_tiled_deconvs(deconvs, [N, 24, 64, 61], [N, 8, 256, 366])
+}
+
+#[test]
+fn deep_few_row_deconvs_are_tiled_too() -> TractResult<()> {
+    // A bottleneck's up-sampling: 5 input rows, so tiles of one row for two
+    // threads; deeper than the unpacked products go (gemm), then shallow.
+    let deep = product::max_depth() + 20;
+    let model = || deconv_chain([1, deep, 5, 40], &[(deep, 24, (2, 2)), (24, 8, (2, 2))]);
+    check_tiled_deconvs(model, [1, deep, 5, 40], [1, 8, 20, 160])
+}
+
+/// Runs `model()` (two deconvolutions) on tract's own ops and on ours, with
+/// 1 and 2 threads: both must become [`TiledDeconv`]s and compute the same.
+fn check_tiled_deconvs(
+    model: impl Fn() -> TractResult<TypedModel>,
+    input: [usize; 4],
+    output: [usize; 4],
+) -> TractResult<()> {
+    let x = tract_ndarray::Array4::from_shape_vec(
+        (input[0], input[1], input[2], input[3]),
+        values(input.iter().product(), 50),
+    )?;
+    let expected = model()?
         .into_optimized()?
         .into_runnable()?
         .run(tvec!(Tensor::from(x.clone()).into()))?;
@@ -280,9 +311,9 @@ fn tiled_deconvs_compute_what_tract_computes() -> TractResult<()> {
         expected.shape().to_vec(),
         expected.iter().copied().collect(),
     );
-    assert_eq!(shape, [N, 8, 256, 366]);
+    assert_eq!(shape, output);
     for threads in [1, 2] {
-        let ours = optimize(deconvs()?, threads)?;
+        let ours = optimize(model()?, threads)?;
         assert_eq!(count(&ours, "TiledDeconv"), 2, "{:?}", op_names(&ours));
         let options = RunOptions {
             executor: Some(if threads > 1 {
