@@ -27,6 +27,7 @@ pub(crate) mod isa;
 mod nnef;
 #[cfg(feature = "tract")]
 mod onnx;
+mod pointwise_conv;
 pub(crate) mod rewrite;
 mod tiled_conv;
 mod tiled_deconv;

@@ -6,11 +6,10 @@
 use std::sync::Arc;
 
 use tract_core::ops::binary::TypedBinOp;
-use tract_core::ops::cnn::{Conv, KernelFormat};
-use tract_core::ops::nn::DataFormat;
 use tract_core::prelude::*;
 
-use super::{feeds_one_node, is_relu, nchw, unpadded};
+use super::pointwise::{pointwise, Pointwise};
+use super::{feeds_one_node, is_relu, nchw};
 use crate::backend::tract::attention_gate::AttentionGate;
 
 /// `model` with each attention gate replaced by an [`AttentionGate`]. Before
@@ -50,71 +49,12 @@ fn is_binary(node: &TypedNode, name: &str) -> bool {
             .is_some_and(|op| op.0.name() == name)
 }
 
-/// A 1x1 convolution's input, weights (`[cout, cin]`) and bias (`[cout]`).
-struct Pointwise {
-    input: OutletId,
-    weights: Tensor,
-    bias: Tensor,
-}
-
-/// `node` as a stride-1, unpadded, ungrouped f32 NCHW 1x1 convolution with
-/// constant weights and bias, whose output only the next node reads.
-fn pointwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Pointwise>> {
-    let Some(conv) = node.op_as::<Conv>() else {
-        return Ok(None);
-    };
-    let spec = &conv.pool_spec;
-    if spec.kernel_shape.as_slice() != [1, 1]
-        || *spec.strides() != [1, 1]
-        || *spec.dilations() != [1, 1]
-        || !unpadded(&spec.padding)
-        || conv.q_params.is_some()
-        || conv.group != 1
-        || spec.data_format != DataFormat::NCHW
-        || conv.kernel_fmt != KernelFormat::OIHW
-        || node.inputs.len() != 3
-        || !feeds_one_node(model, OutletId::new(node.id, 0))?
-    {
+/// [`pointwise`], if only the next node reads the convolution's output.
+fn pointwise_feeding_one(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Pointwise>> {
+    if !feeds_one_node(model, OutletId::new(node.id, 0))? {
         return Ok(None);
     }
-    let Some([_, cin, _, _]) = nchw(model, node.inputs[0])? else {
-        return Ok(None);
-    };
-    let cout = spec.output_channels;
-    let (Some(kernel), Some(bias)) = (
-        constant(model, node.inputs[1])?,
-        constant(model, node.inputs[2])?,
-    ) else {
-        return Ok(None);
-    };
-    if kernel.shape() != [cout, cin, 1, 1] || !(bias.len() == cout || bias.len() == 1) {
-        return Ok(None);
-    }
-    let bias_len = bias.len();
-    Ok(Some(Pointwise {
-        input: node.inputs[0],
-        weights: kernel.into_shape(&[cout, cin])?,
-        bias: bias.into_shape(&[bias_len])?.broadcast_to_shape(&[cout])?,
-    }))
-}
-
-/// The f32 value of `outlet`, a constant or a `Cast` of one (as the ONNX
-/// importer writes a convolution's bias; declutter has not folded it yet).
-fn constant(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Tensor>> {
-    let fact = model.outlet_fact(outlet)?;
-    let value = if let Some(konst) = &fact.konst {
-        konst.clone().into_tensor()
-    } else {
-        let node = model.node(outlet.node);
-        let Some(cast) = node.op_as::<tract_core::ops::cast::Cast>() else {
-            return Ok(None);
-        };
-        let Some(konst) = &model.outlet_fact(node.inputs[0])?.konst else {
-            return Ok(None);
-        };
-        konst.cast_to_dt(cast.to)?.into_owned()
-    };
-    Ok((value.datum_type() == f32::datum_type()).then_some(value))
+    pointwise(model, node)
 }
 
 /// The node computing `outlet`, if one node alone reads it.
@@ -136,7 +76,7 @@ fn gate(
         return Ok(None);
     }
     let psi_node = model.node(sigmoid.inputs[0].node);
-    let Some(psi) = pointwise(model, psi_node)? else {
+    let Some(psi) = pointwise_feeding_one(model, psi_node)? else {
         return Ok(None);
     };
     let Some(relu) = sole_producer(model, psi.input)? else {
@@ -153,7 +93,10 @@ fn gate(
     }
     let [a, b] = [add.inputs[0], add.inputs[1]].map(|i| model.node(i.node));
     for (from_g, from_x) in [(a, b), (b, a)] {
-        let (Some(w_g), Some(w_x)) = (pointwise(model, from_g)?, pointwise(model, from_x)?) else {
+        let (Some(w_g), Some(w_x)) = (
+            pointwise_feeding_one(model, from_g)?,
+            pointwise_feeding_one(model, from_x)?,
+        ) else {
             continue;
         };
         let (Some(g_shape), Some(x_shape), Some(out_shape)) = (

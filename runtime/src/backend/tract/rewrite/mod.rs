@@ -23,6 +23,7 @@ use super::tiled_deconv::TiledDeconv;
 use unet_kernels::winograd;
 
 mod attention;
+mod pointwise;
 
 /// `model` declutterred and optimised as `into_optimized` does, with the
 /// convolutions [`TiledConv`] suits on `threads` threads replaced by it, 3x3
@@ -34,7 +35,8 @@ pub fn optimize(model: TypedModel, threads: usize) -> TractResult<TypedModel> {
 
 /// [`optimize`], with or without Winograd for the 3x3 convolutions it suits.
 pub fn optimize_with(model: TypedModel, threads: usize, winograd: bool) -> TractResult<TypedModel> {
-    let mut model = attention::fuse_all(model)?.into_decluttered()?;
+    let model = pointwise::fuse_all(attention::fuse_all(model)?)?;
+    let mut model = model.into_decluttered()?;
     let mut optimizer = Optimizer::codegen();
     // After constant propagation and axis merging, before the generic codegen.
     optimizer.add_pass(2, Box::new(UseTiledConvs { threads, winograd }));

@@ -450,3 +450,31 @@ fn a_gate_whose_parts_are_read_elsewhere_is_kept() -> TractResult<()> {
     assert_eq!(count(&ours, "AttentionGate"), 0, "{:?}", op_names(&ours));
     Ok(())
 }
+
+#[test]
+fn pointwise_convs_compute_what_tract_computes() -> TractResult<()> {
+    // A head's 1x1 convolutions after a 3x3 one, on an odd plane whose
+    // tiles end mid-vector: 20 -> 3 channels, then 3 -> 1 (the model's output).
+    let mut model = TypedModel::default();
+    let x = model.add_source("x", f32::fact([N, 20, 9, 7]))?;
+    let layers = [
+        (20, 20, (3, 3), [1; 4]),
+        (20, 3, (1, 1), [0; 4]),
+        (3, 1, (1, 1), [0; 4]),
+    ];
+    let (wire, _) = conv_chain(&mut model, x, &layers, 60)?;
+    model.select_output_outlets(&[wire])?;
+    let input = || -> TractResult<TVec<Tensor>> {
+        let x = tract_ndarray::Array4::from_shape_vec((N, 20, 9, 7), values(N * 20 * 63, 70))?;
+        Ok(tvec!(Tensor::from(x)))
+    };
+    let expected = run_on(model.clone().into_optimized()?, input()?, 1)?;
+    assert_eq!(expected.len(), N * 63);
+    for threads in [1, 2] {
+        let ours = optimize(model.clone(), threads)?;
+        assert_eq!(count(&ours, "PointwiseConv"), 2, "{:?}", op_names(&ours));
+        let err = max_abs_difference(&run_on(ours, input()?, threads)?, &expected);
+        assert!(err < 1e-4, "{threads} threads: max abs difference {err}");
+    }
+    Ok(())
+}
