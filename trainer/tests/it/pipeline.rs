@@ -315,7 +315,10 @@ fn loader_reports_what_its_batches_cost() {
         assert_eq!(loader.by_ref().count(), 3);
         let cost = loader.cost();
         assert_eq!(cost.batches, 3, "{workers} workers");
-        assert!(cost.cpu > std::time::Duration::ZERO, "{workers} workers: {cost:?}");
+        assert!(
+            cost.cpu > std::time::Duration::ZERO,
+            "{workers} workers: {cost:?}"
+        );
         if workers == 0 {
             // The consumer built every batch itself: it waited at least that long.
             assert!(cost.waited >= cost.cpu, "{cost:?}");
