@@ -539,6 +539,23 @@ pub fn bench_step(
     Ok(())
 }
 
+/// candle runs its large elementwise ops (the gradient sums of its backward
+/// pass among them) on a pool of its own, `CANDLE_NUM_THREADS` workers (by
+/// default as many as rayon's), which spin for some 25 000 pauses after each
+/// op before they sleep. The convolution, BatchNorm and pooling kernels run
+/// on rayon's pool, on the same cores, right after such an op: the spinning
+/// worker took a core from them. With one candle thread (the caller; no
+/// pool) the CPU step of `unet-16` and `attention-unet-16` at 128², batch 8,
+/// 2 threads, took 280–358 ms instead of 343–401 (`unet-train bench-step`,
+/// alternating runs); the base-64 `unet`'s did not change. Left alone when
+/// the user set it; CUDA runs are unaffected.
+fn keep_candle_ops_on_caller() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Before candle's pool is first used, and before other threads start.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Runs the command line; `main` only prints the error.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let threads = cli.train.threads;
@@ -546,6 +563,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // candle and rayon size their pools from this before first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    keep_candle_ops_on_caller();
     match &cli.command {
         Some(Command::DemoData {
             out,
