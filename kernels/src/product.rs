@@ -128,8 +128,15 @@ unsafe fn run(
         accumulate,
     };
     let whole = cols - cols % COLUMN_ALIGN;
-    // SAFETY: the caller's bounds, of which `whole` columns.
-    if !unsafe { vector_blocks(args, rows, whole) } {
+    // A product of a few rows reads each panel too few times to repay its copy.
+    let done = if aliases(v_stride) && rows > 8 {
+        // SAFETY: the caller's bounds, of which `whole` columns.
+        unsafe { by_copied_panels(args, rows, whole) }
+    } else {
+        // SAFETY: the caller's bounds, of which `whole` columns.
+        unsafe { vector_blocks(args, rows, whole) }
+    };
+    if !done {
         return false;
     }
     for r in 0..rows {
@@ -145,6 +152,60 @@ unsafe fn run(
         }
     }
     true
+}
+
+/// Whether rows of `V` at this stride (in floats) fall in a few L1 sets: a
+/// multiple of 1 KiB, as the planes of an NCHW image of 256 or 1024 pixels are.
+/// Such rows evict each other from L1 while a block walks its depth, every
+/// load of `V` then comes from L2, across pages the prefetchers do not
+/// follow, and the shorter AVX2 blocks (12 FMAs a row of `V`) wait on them:
+/// about half the FMA peak on a Zen 4 (`product_layouts` example).
+fn aliases(v_stride: usize) -> bool {
+    v_stride.is_multiple_of(256)
+}
+
+/// Floats of `V` a copied panel holds (up to depth 42): a quarter of a 32 KiB
+/// L1 cache.
+const PANEL_FLOATS: usize = 2048;
+
+/// [`vector_blocks`] a panel of `V`'s columns at a time, each copied first
+/// into a contiguous buffer, where it stays in L1 (or, for deep products,
+/// streams from L2 in order) across all the row blocks that read it.
+unsafe fn by_copied_panels(args: Operands, rows: usize, cols: usize) -> bool {
+    // Panels are whole blocks of both paths' widths (16 and 48 columns).
+    let width = (PANEL_FLOATS / args.depth.max(1) / 48).max(1) * 48;
+    let stride = width;
+    PANEL.with_borrow_mut(|panel| {
+        if panel.len() < args.depth * stride {
+            panel.resize(args.depth * stride, 0.0);
+        }
+        for c in (0..cols).step_by(width) {
+            let n = width.min(cols - c);
+            for k in 0..args.depth {
+                // SAFETY: row k of v holds the columns c..c + n (the caller's bounds).
+                let from =
+                    unsafe { std::slice::from_raw_parts(args.v.add(k * args.v_stride + c), n) };
+                panel[k * stride..][..n].copy_from_slice(from);
+            }
+            let copied = Operands {
+                v: panel.as_ptr(),
+                v_stride: stride,
+                // SAFETY: column c is inside the product.
+                m: unsafe { args.m.add(c) },
+                ..args
+            };
+            // SAFETY: the panel holds depth rows of n columns; M's bounds are the caller's.
+            if !unsafe { vector_blocks(copied, rows, n) } {
+                return false;
+            }
+        }
+        true
+    })
+}
+
+thread_local! {
+    /// Each thread's copied panel of `V`, kept from product to product.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The product's first `cols` (a multiple of [`COLUMN_ALIGN`]) columns on
@@ -409,16 +470,21 @@ mod tests {
         // Row counts around each path's block (8 and 6), column counts that
         // leave 1 and 2 vectors over, and some columns past the last whole
         // vector (or no whole vector); depth past one row of U's cache line.
-        for (rows, depth, cols) in [
-            (16, 16, 48),
-            (13, 19, 32),
-            (3, 5, 16),
-            (8, 40, 80),
-            (7, 9, 37),
-            (5, 3, 11),
+        // Strides of V's rows at a multiple of 1 KiB take copied panels (the
+        // last one partial; 48 or 96 columns wide at these depths).
+        for (rows, depth, cols, v_stride) in [
+            (16, 16, 48, 64),
+            (13, 19, 32, 48),
+            (3, 5, 16, 32),
+            (8, 40, 80, 96),
+            (7, 9, 37, 53),
+            (5, 3, 11, 27),
+            (13, 40, 165, 256),
+            (9, 19, 250, 512),
+            (24, 64, 64, 1024),
         ] {
             let u = values(rows * depth, 3);
-            let (v_stride, m_stride) = (cols + 16, cols + 32);
+            let m_stride = cols + 32;
             let v = values(depth * v_stride, 4);
             let mut m = vec![f32::NAN; rows * m_stride];
             // SAFETY: v has depth rows, m rows rows, of their strides ≥ cols.

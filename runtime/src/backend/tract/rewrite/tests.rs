@@ -291,6 +291,14 @@ fn deep_few_row_deconvs_are_tiled_too() -> TractResult<()> {
     check_tiled_deconvs(model, [1, deep, 5, 40], [1, 8, 20, 160])
 }
 
+#[test]
+fn deconvs_of_page_sized_planes_are_tiled_too() -> TractResult<()> {
+    // Planes of 32x32 and 64x64 pixels: the products copy the input rows
+    // into panels first (rows of V a multiple of 1 KiB apart).
+    let model = || deconv_chain([1, 24, 32, 32], &[(24, 16, (2, 2)), (16, 8, (2, 2))]);
+    check_tiled_deconvs(model, [1, 24, 32, 32], [1, 8, 128, 128])
+}
+
 /// Runs `model()` (two deconvolutions) on tract's own ops and on ours, with
 /// 1 and 2 threads: both must become [`TiledDeconv`]s and compute the same.
 fn check_tiled_deconvs(
