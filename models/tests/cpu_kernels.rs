@@ -249,23 +249,29 @@ fn conv2d_tiles_per_thread_match_candle_and_repeat_bit_for_bit() {
         .num_threads(2)
         .build()
         .unwrap();
+    // The second is deep and narrow: tiles of 32 rows (4 tiles of 2x2 a row
+    // pair, 64 a tile), past the scratch size, the last one partial.
+    let shapes = [([2, 32, 127, 32], 8), ([4, 96, 40, 8], 96)];
     pool.install(|| {
-        let x = Var::from_tensor(&seeded(&[2, 32, 127, 32], 41)).unwrap();
-        let w = Var::from_tensor(&seeded(&[8, 32, 3, 3], 42)).unwrap();
-        let ours = || value_and_grads(&[&x, &w], |t| layers::conv2d(t[0], t[1], None, 1).unwrap());
-        let (y, g) = ours();
-        let (theirs, their_grads) =
-            value_and_grads(&[&x, &w], |t| t[0].conv2d(t[1], 1, 1, 1, 1).unwrap());
-        assert_close("conv output", &y, &theirs, 1e-4);
-        assert_close("conv dx", &g[0], &their_grads[0], 1e-3);
-        assert_close("conv dw", &g[1], &their_grads[1], 1e-2);
-        let (y2, g2) = ours();
-        for (label, a, b) in [
-            ("output", &y, &y2),
-            ("dx", &g[0], &g2[0]),
-            ("dw", &g[1], &g2[1]),
-        ] {
-            assert_eq!(max_abs_diff(a, b), 0.0, "{label} differs between runs");
-        }
+        shapes.iter().for_each(|&(shape, cout)| {
+            let x = Var::from_tensor(&seeded(&shape, 41)).unwrap();
+            let w = Var::from_tensor(&seeded(&[cout, shape[1], 3, 3], 42)).unwrap();
+            let ours =
+                || value_and_grads(&[&x, &w], |t| layers::conv2d(t[0], t[1], None, 1).unwrap());
+            let (y, g) = ours();
+            let (theirs, their_grads) =
+                value_and_grads(&[&x, &w], |t| t[0].conv2d(t[1], 1, 1, 1, 1).unwrap());
+            assert_close("conv output", &y, &theirs, 1e-4);
+            assert_close("conv dx", &g[0], &their_grads[0], 1e-3);
+            assert_close("conv dw", &g[1], &their_grads[1], 1e-2);
+            let (y2, g2) = ours();
+            for (label, a, b) in [
+                ("output", &y, &y2),
+                ("dx", &g[0], &g2[0]),
+                ("dw", &g[1], &g2[1]),
+            ] {
+                assert_eq!(max_abs_diff(a, b), 0.0, "{label} differs between runs");
+            }
+        })
     });
 }

@@ -20,6 +20,12 @@ pub const MIN_CHANNELS: usize = 8;
 /// the whole stays in a 1 MiB L2.
 pub const TILE_ELEMS: usize = 128 << 10;
 
+/// Tiles (columns of the 16 products) a one-thread tile has at least, even
+/// past [`TILE_ELEMS`]: each product reads all its `cout × cin` weights once
+/// per tile, and the deep layers' weights (16 MiB at 512 channels) come from
+/// memory; a row pair of 16 tiles at 32² left them memory-bound.
+const MIN_TILE_COLUMNS: usize = 64;
+
 /// The geometry of a stride-1 3x3 convolution of one image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv3x3 {
@@ -168,7 +174,10 @@ impl Conv3x3 {
     /// scratch, at least four tiles per thread), `None` when there are too
     /// few and each image is one tile spread over all threads.
     pub fn per_thread_tile_rows(&self, n: usize, threads: usize) -> Option<usize> {
-        let rows = self.tile_rows(TILE_ELEMS);
+        let pairs_for_columns = MIN_TILE_COLUMNS.div_ceil(self.wo.div_ceil(TILE));
+        let rows = self
+            .tile_rows(TILE_ELEMS)
+            .max(TILE * pairs_for_columns.min(self.ho.div_ceil(TILE)));
         (threads <= 1 || n * self.ho.div_ceil(rows) >= 4 * threads).then_some(rows)
     }
 
