@@ -110,9 +110,22 @@ impl TiledDeconv {
                             wo,
                         )
                     };
-                    for dx in 0..kw {
+                    let tap_row = |dx: usize| {
                         let tap = (co * kh + dy) * kw + dx;
-                        let from = &product[tap * cols + r * w..][..w];
+                        &product[tap * cols + r * w..][..w]
+                    };
+                    if kw == 2 {
+                        // U-Net's up-sampling: the two taps interleaved, a
+                        // pattern the compiler vectorises (unlike a strided store).
+                        let (even, odd) = (tap_row(0), tap_row(1));
+                        for (pair, (&a, &b)) in row.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
+                            pair[0] = a + bias;
+                            pair[1] = b + bias;
+                        }
+                        continue;
+                    }
+                    for dx in 0..kw {
+                        let from = tap_row(dx);
                         for (value, &p) in row[dx..].iter_mut().step_by(kw).zip(from) {
                             *value = p + bias;
                         }
