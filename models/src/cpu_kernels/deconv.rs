@@ -13,17 +13,24 @@ use super::{slice, with_data, Elem};
 /// direct loop nest, slower than the convolutions around it).
 struct ConvTranspose2x2;
 
-/// `t [Cout·4, H·W]` (tap-major) <-> `y [Cout, 2H, 2W]`.
+/// `t [Cout·4, H·W]` (tap-major) <-> `y [Cout, 2H, 2W]`. Output row 2i + di
+/// interleaves row i of taps (di, 0) and (di, 1): written pairwise, a
+/// pattern the compiler vectorises (unlike a store or load every other float).
 fn scatter_taps<T: Elem>(t: &[T], y: &mut [T], h: usize, w: usize) {
-    y.par_chunks_mut(4 * h * w)
-        .zip(t.par_chunks(4 * h * w))
+    let hw = h * w;
+    y.par_chunks_mut(4 * hw)
+        .zip(t.par_chunks(4 * hw))
         .for_each(|(y, t)| {
-            for tap in 0..4 {
-                let (di, dj) = (tap / 2, tap % 2);
+            for di in 0..2 {
+                let (even, odd) = t[2 * di * hw..(2 * di + 2) * hw].split_at(hw);
                 for i in 0..h {
                     let row = &mut y[(2 * i + di) * 2 * w..(2 * i + di + 1) * 2 * w];
-                    for j in 0..w {
-                        row[2 * j + dj] = t[tap * h * w + i * w + j];
+                    let taps = even[i * w..(i + 1) * w]
+                        .iter()
+                        .zip(&odd[i * w..(i + 1) * w]);
+                    for (pair, (&a, &b)) in row.chunks_exact_mut(2).zip(taps) {
+                        pair[0] = a;
+                        pair[1] = b;
                     }
                 }
             }
@@ -31,15 +38,20 @@ fn scatter_taps<T: Elem>(t: &[T], y: &mut [T], h: usize, w: usize) {
 }
 
 fn gather_taps<T: Elem>(y: &[T], t: &mut [T], h: usize, w: usize) {
-    t.par_chunks_mut(4 * h * w)
-        .zip(y.par_chunks(4 * h * w))
+    let hw = h * w;
+    t.par_chunks_mut(4 * hw)
+        .zip(y.par_chunks(4 * hw))
         .for_each(|(t, y)| {
-            for tap in 0..4 {
-                let (di, dj) = (tap / 2, tap % 2);
+            for di in 0..2 {
+                let (even, odd) = t[2 * di * hw..(2 * di + 2) * hw].split_at_mut(hw);
                 for i in 0..h {
                     let row = &y[(2 * i + di) * 2 * w..(2 * i + di + 1) * 2 * w];
-                    for j in 0..w {
-                        t[tap * h * w + i * w + j] = row[2 * j + dj];
+                    let taps = even[i * w..(i + 1) * w]
+                        .iter_mut()
+                        .zip(&mut odd[i * w..(i + 1) * w]);
+                    for (pair, (a, b)) in row.chunks_exact(2).zip(taps) {
+                        *a = pair[0];
+                        *b = pair[1];
                     }
                 }
             }
