@@ -7,10 +7,10 @@
 //! `cargo run --release -p unet-kernels --features conv,avx512 --example product_layouts`
 //! (without `avx512`: the AVX2 path).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use unet_kernels::one_thread_peak_of_this_build;
 use unet_kernels::product;
-use unet_kernels::{measure, Isa};
 
 /// (rows, depth, columns, stride of V's rows): the up-samplings of unet-16 at
 /// 256² (64→32 channels from 64², 32→16 from 128²) on their row tiles.
@@ -22,14 +22,7 @@ const LAYOUTS: [(usize, usize, usize, usize); 4] = [
 ];
 
 fn main() {
-    let isa = Isa::available()
-        .into_iter()
-        .find(|&isa| cfg!(feature = "avx512") || isa != Isa::Avx512)
-        .expect("a vector unit");
-    let peak = measure(isa, 1, Duration::from_millis(500))
-        .expect("peak")
-        .gflops;
-    println!("FMA peak, {} on 1 thread: {peak:.1} GFLOP/s", isa.name());
+    let peak = one_thread_peak_of_this_build();
     for (rows, depth, cols, v_stride) in LAYOUTS {
         let u = vec![0.5f32; rows * depth];
         let v = vec![0.25f32; depth * v_stride];

@@ -8,11 +8,11 @@
 //! `cargo run --release -p unet-kernels --features conv,avx512 --example winograd_layers [-- CIN COUT SIDE]`
 //! (without `avx512`: the AVX2 path; CIN COUT SIDE: that layer alone).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use unet_kernels::one_thread_peak_of_this_build;
 use unet_kernels::product;
 use unet_kernels::winograd::{transform_weights, Conv3x3, POINTS, TILE, TILE_ELEMS};
-use unet_kernels::{measure, Isa};
 
 /// The median of `runs` timings of `f`, in seconds.
 fn median(runs: usize, mut f: impl FnMut()) -> f64 {
@@ -29,15 +29,7 @@ fn median(runs: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    // The kernels' AVX-512 versions follow the `avx512` feature.
-    let isa = Isa::available()
-        .into_iter()
-        .find(|&isa| cfg!(feature = "avx512") || isa != Isa::Avx512)
-        .expect("a vector unit");
-    let peak = measure(isa, 1, Duration::from_millis(500))
-        .expect("peak")
-        .gflops;
-    println!("FMA peak, {} on 1 thread: {peak:.1} GFLOP/s", isa.name());
+    let peak = one_thread_peak_of_this_build();
     println!(
         "{:<16} {:>9} {:>7} {:>14} {:>7} {:>14} {:>7}",
         "conv", "conv ms", "peak", "unpacked ms", "peak", "gemm ms", "peak"

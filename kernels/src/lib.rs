@@ -9,7 +9,7 @@ pub mod peak;
 pub mod product;
 pub mod winograd;
 
-pub use peak::{measure, Isa, Peak};
+pub use peak::{measure, one_thread_peak_of_this_build, Isa, Peak};
 
 /// Test inputs: a fixed pseudo-random sequence in [-0.5, 0.5).
 #[cfg(test)]

@@ -71,6 +71,15 @@ impl Isa {
             .collect()
     }
 
+    /// The widest instruction set this build's kernels (and gemm's) run on:
+    /// the widest available, less AVX-512 in a build without the `avx512`
+    /// feature (the benchmarks' AVX2 path on an AVX-512 CPU).
+    pub fn widest_built() -> Option<Isa> {
+        Isa::available()
+            .into_iter()
+            .find(|&isa| cfg!(feature = "avx512") || isa != Isa::Avx512)
+    }
+
     /// The widest instruction set a benchmark's kernels run on: the widest
     /// available, less AVX-512 when `TRACT_CPU_ISA` turns `avx512f` off (the
     /// benchmarks' way of forcing the AVX2 path on an AVX-512 CPU).
@@ -96,6 +105,18 @@ pub struct Peak {
 const CHAINS: usize = 12;
 /// FMA rounds between clock reads.
 const ROUNDS: u64 = 1 << 16;
+
+/// The one-thread FMA peak, in GFLOP/s, of the widest instruction set this
+/// build's kernels run on ([`Isa::widest_built`]), printed: what the
+/// one-thread kernel benchmarks divide by. Panics without a vector unit.
+pub fn one_thread_peak_of_this_build() -> f64 {
+    let isa = Isa::widest_built().expect("a vector unit");
+    let peak = measure(isa, 1, Duration::from_millis(500))
+        .expect("peak")
+        .gflops;
+    println!("FMA peak, {} on 1 thread: {peak:.1} GFLOP/s", isa.name());
+    peak
+}
 
 /// Runs FMA chains of `isa` on `threads` threads for about `duration`;
 /// `None` when the CPU lacks `isa` or `threads` is 0.

@@ -51,9 +51,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // gemm's AVX-512 kernels exist only in a build with the `avx512` feature.
-    let isa = Isa::available()
-        .into_iter()
-        .find(|&isa| cfg!(feature = "avx512") || isa != Isa::Avx512);
+    let isa = Isa::widest_built();
     let peak = isa.and_then(|isa| measure(isa, threads, Duration::from_secs(1)));
     if let Some(p) = peak {
         println!(
