@@ -34,6 +34,9 @@ fn main() -> anyhow::Result<()> {
         executor: Some(executor),
         ..RunOptions::default()
     };
+    // unet-infer's default: freed memory stays in the process, so a node's
+    // time is not its output's page faults (which a running session does not pay).
+    unet_runtime::set_memory_policy(unet_runtime::MemoryPolicy::Keep);
     if std::env::var_os("PLAIN_TRACT").is_none() {
         unet_runtime::tract_plan::tune_for_this_cpu();
     }
