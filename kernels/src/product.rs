@@ -174,10 +174,9 @@ const PANEL_FLOATS: usize = 2048;
 unsafe fn by_copied_panels(args: Operands, rows: usize, cols: usize) -> bool {
     // Panels are whole blocks of both paths' widths (16 and 48 columns).
     let width = (PANEL_FLOATS / args.depth.max(1) / 48).max(1) * 48;
-    let stride = width;
     PANEL.with_borrow_mut(|panel| {
-        if panel.len() < args.depth * stride {
-            panel.resize(args.depth * stride, 0.0);
+        if panel.len() < args.depth * width {
+            panel.resize(args.depth * width, 0.0);
         }
         for c in (0..cols).step_by(width) {
             let n = width.min(cols - c);
@@ -185,11 +184,11 @@ unsafe fn by_copied_panels(args: Operands, rows: usize, cols: usize) -> bool {
                 // SAFETY: row k of v holds the columns c..c + n (the caller's bounds).
                 let from =
                     unsafe { std::slice::from_raw_parts(args.v.add(k * args.v_stride + c), n) };
-                panel[k * stride..][..n].copy_from_slice(from);
+                panel[k * width..][..n].copy_from_slice(from);
             }
             let copied = Operands {
                 v: panel.as_ptr(),
-                v_stride: stride,
+                v_stride: width,
                 // SAFETY: column c is inside the product.
                 m: unsafe { args.m.add(c) },
                 ..args
